@@ -1,0 +1,117 @@
+"""Decode every image once: the pixel cache (and, for frozen encoders, the feature cache).
+
+The pixel cache stores each image decoded, EXIF-oriented, converted to RGB and resized exactly as
+the image processor would (PIL, same size and resample filter), as uint8 in a memory-mapped .npy.
+Normalisation happens on the device (models.pixel_normalizer). A cache file is keyed by every
+image's resolved path, size and mtime plus the target size and filter, so a changed image or
+processor never reads a stale entry. Unreadable images are skipped with a counted, named warning.
+
+Cache folder: --cache-dir, else $FOODCAP_CACHE, else ~/.cache/foodcap (documented in the README).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data import CaptionDataset, ImageError, load_image, load_split, log
+
+VERSION = 1
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = Path(cache_dir or os.environ.get("FOODCAP_CACHE") or Path.home() / ".cache" / "foodcap")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _fingerprint(paths, *extra) -> str:
+    h = hashlib.sha256(json.dumps([VERSION, *extra]).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _decode(args):
+    path, size, resample = args
+    try:
+        im = load_image(path).resize((size, size), resample=Image.Resampling(resample))
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), None
+    except ImageError as e:
+        return None, str(e)
+    except Exception as e:  # a decoder bug on a hostile file is still just a bad image
+        return None, f"cannot decode ({type(e).__name__})"
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def pixel_cache(records, size: int, resample: int = 2, cache_dir=None, workers: int = 2, desc: str = "pixels"):
+    """(uint8 array [N,3,size,size] memory-mapped, kept records, Counter of skips by reason)."""
+    if not records:
+        return np.zeros((0, 3, size, size), np.uint8), [], Counter()
+    root = cache_root(cache_dir)
+    key = _fingerprint([r.path for r in records], "pixels", size, int(resample))
+    data, meta = root / f"pixels-{key}.npy", root / f"pixels-{key}.json"
+    if data.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        kept = [records[i] for i in info["kept"]]
+        _report(desc, info["failed"])
+        return np.load(data, mmap_mode="r"), kept, Counter(r for _, r in info["failed"])
+    jobs = [(str(r.path), size, int(resample)) for r in records]
+    out = np.empty((len(records), 3, size, size), np.uint8)
+    kept, failed = [], []
+    bar = dict(total=len(jobs), desc=f"decoding {desc}", unit="img", leave=False, mininterval=1)
+    if workers > 1 and len(jobs) >= 64:
+        with get_context("fork").Pool(workers) as pool:
+            results = pool.imap(_decode, jobs, chunksize=32)
+            items = list(tqdm(results, **bar))
+    else:
+        items = [_decode(j) for j in tqdm(jobs, **bar)]
+    for i, (arr, err) in enumerate(items):
+        if err is None:
+            out[len(kept)] = arr
+            kept.append(i)
+        else:
+            failed.append((records[i].image_name, err))
+    _atomic_save(data, out[: len(kept)])
+    meta.write_text(json.dumps({"kept": kept, "failed": failed}))
+    _report(desc, failed)
+    return np.load(data, mmap_mode="r"), [records[i] for i in kept], Counter(r for _, r in failed)
+
+
+def _report(desc, failed):
+    if failed:
+        names = ", ".join(f"{n} ({r})" for n, r in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        log(f"{desc}: skipped {len(failed)} unreadable image(s): {names}")
+
+
+def pixel_datasets(cfg, processor, splits=("train", "valid", "test")) -> dict:
+    """One CaptionDataset per split, from the layout in cfg.data_dir/cfg.images_dir, via the pixel cache.
+
+    cfg.limit > 0 keeps the first N rows of each split (quick checks)."""
+    from .models import processor_size
+
+    size, resample = processor_size(processor), int(getattr(processor, "resample", 2) or 2)
+    out = {}
+    for split in splits:
+        records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
+        if cfg.limit:
+            records = records[: cfg.limit]
+        arr, kept, _ = pixel_cache(records, size, resample, cfg.cache_dir or None, cfg.workers, desc=split)
+        out[split] = CaptionDataset(kept, arr)
+    return out

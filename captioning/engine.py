@@ -1,0 +1,412 @@
+"""The one training loop behind every recipe, and the run folder it writes.
+
+A recipe hands the engine a `Recipe` (model + loss + caption + save/load functions) and the
+datasets; `train_and_evaluate` then runs: accelerate (CPU, GPU, bf16, `accelerate launch`),
+gradient accumulation, AdamW + cosine warm restarts, validation by free-running generation every
+N epochs, early stopping on a validation metric, an atomic checkpoint every epoch (`--resume`
+continues after a kill and ends with the same numbers), and the final valid/test evaluation of
+the best epoch.
+
+Run folder (runs/<name>/): config.json, log.jsonl (one line per epoch), metrics.json
+({"valid": {...}, "test": {...}, "info": {...}}), predictions.csv (test: Image_Name, reference,
+prediction), predictions_valid.csv, checkpoint/ (resumable state), best/ (the best epoch's model).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import UserError, to_dict
+from .data import collate
+from .metrics import METRIC_KEYS, evaluate_captions
+
+RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
+             "checkpoint", "best", "curves.png")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------- run folder
+class Run:
+    """The folder of one run. Refuses to clobber a previous run unless told to."""
+
+    def __init__(self, cfg, method: str, is_main: bool = True, resume: bool = False):
+        self.dir = Path(cfg.output_dir)
+        self.method, self.is_main = method, is_main
+        present = [f for f in RUN_FILES if (self.dir / f).exists()]
+        finished = (self.dir / "metrics.json").exists()
+        if present and not resume and not cfg.overwrite:
+            what = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
+            raise UserError(f"{self.dir} already holds {what}; pass --overwrite to replace it "
+                            "or choose another --output-dir.")
+        if resume and finished and not cfg.overwrite:
+            raise UserError(f"{self.dir} holds a finished run: nothing to resume.")
+        if not is_main:
+            return
+        if cfg.overwrite and not resume:
+            for f in present:
+                p = self.dir / f
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {self.dir} ({e.strerror}).") from None
+        info = {"method": method, "script": Path(sys.argv[0]).name, **to_dict(cfg)}
+        atomic_write_text(self.dir / "config.json", json.dumps(info, indent=2))
+
+    def log(self, row: dict) -> None:
+        if self.is_main:
+            with open(self.dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def read_log(self) -> list[dict]:
+        p = self.dir / "log.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+    def truncate_log(self, epochs_done: int) -> None:
+        """Drop log lines of epochs that the checkpoint does not hold (a kill between the two)."""
+        if self.is_main:
+            rows = [r for r in self.read_log() if r.get("epoch", 0) <= epochs_done]
+            atomic_write_text(self.dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_json(self, name: str, obj) -> None:
+        if self.is_main:
+            atomic_write_text(self.dir / name, json.dumps(obj, indent=2))
+
+    def write_predictions(self, records, predictions, name="predictions.csv") -> None:
+        if not self.is_main:
+            return
+        df = pd.DataFrame({"Image_Name": [r.image_name for r in records],
+                           "reference": [r.title for r in records], "prediction": predictions})
+        if any(len(r.references) > 1 for r in records):
+            df["references"] = [json.dumps(r.references) for r in records]
+        tmp = self.dir / f".{name}.tmp"
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, self.dir / name)
+
+
+# --------------------------------------------------------------------------------------- recipe
+@dataclass
+class TrainState:
+    epoch: int  # 0-based epoch in progress
+    step: int  # optimiser steps taken so far
+    total_steps: int
+    progress: float  # fraction of training done, 0..1 (drives schedules)
+
+
+@dataclass
+class Recipe:
+    """What a script gives the engine.
+
+    loss(model, batch, state) -> scalar loss; caption(model, batch, preset) -> list of captions;
+    save(model, folder) writes the best model; load(folder) -> model for the final evaluation.
+    """
+    model: torch.nn.Module
+    loss: Callable
+    caption: Callable
+    save: Callable
+    load: Callable
+    collate: Callable = collate
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles with seed + epoch, so an epoch's order never depends on what ran before it."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __iter__(self):
+        return iter(np.random.default_rng(self.seed * 1000 + self.epoch).permutation(self.n).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def make_accelerator(cfg, project_dir=None):
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    mp = cfg.mixed_precision if hasattr(cfg, "mixed_precision") else "auto"
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    kwargs = {}
+    report = getattr(cfg, "report_to", "none")
+    if report != "none":
+        import importlib.util
+
+        pkg = {"tensorboard": "tensorboard", "wandb": "wandb"}[report]
+        if importlib.util.find_spec(pkg) is None:
+            raise UserError(f"--report-to {report} needs the {pkg} package: pip install {pkg}.")
+        kwargs.update(log_with=report, project_dir=str(project_dir))
+    return Accelerator(
+        mixed_precision=mp, gradient_accumulation_steps=getattr(cfg, "grad_accum", 1),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _set_seed(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def _frozen_children_to_eval(model) -> None:
+    for child in model.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def generate_split(caption_fn, model, dataset, cfg, preset: str, device, desc: str, collate_fn=collate):
+    """Free-running captions for every item of `dataset`, in order, batched."""
+    model.eval()
+    _set_seed(cfg.seed)  # nucleus sampling is reproducible
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                                         collate_fn=collate_fn, num_workers=0)
+    preds = []
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1):
+        preds.extend(caption_fn(model, to_device(batch, device), preset))
+    return preds
+
+
+def score(dataset, predictions) -> dict:
+    return evaluate_captions(predictions, [r.references for r in dataset.records])
+
+
+def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, collate_fn=collate,
+                    info: dict | None = None) -> dict:
+    """Caption valid and test with cfg.preset, write predictions and metrics.json; returns metrics."""
+    metrics = {}
+    for split in ("valid", "test"):
+        ds = datasets.get(split)
+        if ds is None or len(ds) == 0:
+            continue
+        preds = generate_split(caption_fn, model, ds, cfg, cfg.preset, device, f"captioning {split}", collate_fn)
+        metrics[split] = score(ds, preds)
+        run.write_predictions(ds.records, preds, "predictions.csv" if split == "test" else "predictions_valid.csv")
+    if not metrics:
+        raise UserError("nothing to evaluate: the valid and test splits have no usable images.")
+    run.write_json("metrics.json", {**metrics, "info": {"method": run.method, "preset": cfg.preset,
+                                                         **(info or {})}})
+    return metrics
+
+
+def print_metrics(method: str, metrics: dict) -> None:
+    from .metrics import format_table
+
+    print(format_table({f"{method} ({split})": m for split, m in metrics.items()}), end="")
+
+
+# -------------------------------------------------------------------------------------- training
+def _save_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    ck = run.dir / "checkpoint"
+    ck.mkdir(exist_ok=True)
+    name = f"epoch-{state['epochs_done']:04d}"
+    tmp = ck / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(weights, tmp / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(ck / name, ignore_errors=True)
+    os.replace(tmp, ck / name)
+    atomic_write_text(ck / "latest.json", json.dumps({"dir": name}))  # the commit point
+    for old in ck.glob("epoch-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(run: Run, model, optimizer, scheduler) -> dict | None:
+    from safetensors.torch import load_file
+
+    latest = run.dir / "checkpoint" / "latest.json"
+    if not latest.exists():
+        return None
+    ck = run.dir / "checkpoint" / json.loads(latest.read_text())["dir"]
+    weights = load_file(ck / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise UserError(f"checkpoint {ck} does not match this model/freeze setting ({missing[0]} missing).")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu"))
+    state = json.loads((ck / "state.json").read_text())
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
+
+
+def save_best(run: Run, recipe: Recipe, model) -> None:
+    """Write best/ atomically: a new folder first, then swap it in."""
+    tmp, best, old = run.dir / ".best.tmp", run.dir / "best", run.dir / ".best.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    recipe.save(model, tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
+    """Train recipe.model on datasets["train"], validating on datasets["valid"]; returns the final state."""
+    from accelerate.utils import broadcast_object_list
+
+    model = recipe.model
+    train = datasets["train"]
+    if len(train) == 0:
+        raise UserError("the train split has no usable images.")
+    if cfg.batch_size % accelerator.num_processes:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {accelerator.num_processes} processes.")
+    sampler = EpochSampler(len(train), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=cfg.batch_size, sampler=sampler, collate_fn=recipe.collate, drop_last=False,
+        num_workers=cfg.workers if len(train) > 4 * cfg.batch_size else 0,
+        persistent_workers=cfg.workers > 0 and len(train) > 4 * cfg.batch_size,
+        pin_memory=torch.cuda.is_available())
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("nothing to train: every parameter is frozen.")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        T_0=max(1, cfg.restart_epochs * steps_per_epoch), eta_min=cfg.lr * 0.01)
+    unwrapped = accelerator.unwrap_model(model)
+    state = {"epochs_done": 0, "step": 0, "best": None, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0}
+    if cfg.resume:
+        loaded = _load_checkpoint(run, unwrapped, optimizer, scheduler)
+        if loaded:
+            state = loaded
+            run.truncate_log(state["epochs_done"])
+            if accelerator.is_main_process:
+                print(f"resuming after epoch {state['epochs_done']} (best {cfg.monitor} {state['best']})")
+        elif accelerator.is_main_process:
+            print("no checkpoint found: starting from the beginning")
+    if accelerator.is_main_process and run.is_main:
+        tr = sum(p.numel() for p in params)
+        print(f"training {tr:,} of {sum(p.numel() for p in unwrapped.parameters()):,} parameters "
+              f"for {cfg.epochs} epochs ({steps_per_epoch} steps each) on {accelerator.device}")
+    stop = state["bad_evals"] >= cfg.patience > 0
+    for epoch in range(state["epochs_done"], cfg.epochs):
+        if stop:
+            break
+        t0 = time.time()
+        _set_seed(cfg.seed + epoch)
+        sampler.epoch = epoch
+        model.train()
+        _frozen_children_to_eval(unwrapped)
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                   disable=not accelerator.is_main_process, mininterval=1)
+        for i, batch in enumerate(bar):
+            ts = TrainState(epoch, state["step"], total, (epoch + i / len(loader)) / cfg.epochs)
+            with accelerator.accumulate(model):
+                loss = recipe.loss(model, batch, ts)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    state["step"] += 1
+            losses.append(loss.detach().float().item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
+        train_loss = float(accelerator.reduce(torch.tensor(np.mean(losses), device=accelerator.device),
+                                              reduction="mean").item())
+        state["train_seconds"] += time.time() - t0
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+               "seconds": round(time.time() - t0, 2)}
+        last = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            flag = [None]
+            if accelerator.is_main_process:
+                preds = generate_split(recipe.caption, unwrapped, datasets["valid"], cfg, cfg.eval_preset,
+                                       accelerator.device, "validating", recipe.collate)
+                m = score(datasets["valid"], preds)
+                row["valid"] = m
+                value = m[cfg.monitor]
+                if state["best"] is None or value > state["best"]:
+                    state.update(best=value, best_epoch=epoch + 1, bad_evals=0)
+                    save_best(run, recipe, unwrapped)
+                else:
+                    state["bad_evals"] += 1
+                flag = [dict(state)]
+            broadcast_object_list(flag)
+            state = flag[0]
+            stop = state["bad_evals"] >= cfg.patience > 0
+        state["epochs_done"] = epoch + 1
+        if accelerator.is_main_process:
+            v = row.get("valid", {}).get(cfg.monitor)
+            print(f"epoch {epoch + 1}: loss {train_loss:.4f}" + (f", valid {cfg.monitor} {v:.4f}" if v is not None
+                                                                  else "") + (" (early stop)" if stop else ""))
+            run.log(row)
+            if getattr(cfg, "report_to", "none") != "none":
+                accelerator.log({"train_loss": train_loss, **{f"valid/{k}": x for k, x in row.get("valid", {}).items()}},
+                                step=epoch + 1)
+            _save_checkpoint(run, unwrapped, optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not (run.dir / "best").exists():
+        save_best(run, recipe, unwrapped)
+    accelerator.wait_for_everyone()
+    return state
+
+
+def train_and_evaluate(cfg, recipe: Recipe, datasets: dict, method: str) -> dict:
+    """The whole life of a training run: folder, fit, best model on valid and test, metrics.json."""
+    accelerator = make_accelerator(cfg)
+    run = Run(cfg, method, is_main=accelerator.is_main_process, resume=cfg.resume)
+    accelerator.wait_for_everyone()
+    if getattr(cfg, "report_to", "none") != "none":
+        accelerator.init_trackers(method, config={k: v for k, v in to_dict(cfg).items()
+                                                  if isinstance(v, (int, float, str, bool))})
+    state = fit(run, cfg, recipe, datasets, accelerator)
+    metrics = {}
+    if accelerator.is_main_process:
+        best = recipe.load(run.dir / "best").to(accelerator.device)
+        metrics = evaluate_splits(run, cfg, recipe.caption, best, datasets, accelerator.device, recipe.collate,
+                                  info={"best_epoch": state["best_epoch"], "epochs_done": state["epochs_done"],
+                                        "train_seconds": round(state["train_seconds"], 1),
+                                        "monitor": cfg.monitor, "processes": accelerator.num_processes})
+        print_metrics(method, metrics)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics

@@ -1,0 +1,172 @@
+"""Compare runs: one markdown table, an HTML gallery of test captions, training curves.
+
+    python -m captioning.report runs/ [--gallery-size 16]
+
+Reads only the run folders' files (config.json, metrics.json, log.jsonl, predictions.csv) and
+writes RUNS/results.md, RUNS/gallery.html and RUNS/curves.png.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import UserError, run_main
+from .metrics import METRIC_KEYS
+
+
+def find_runs(root) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"runs folder {root} does not exist.")
+    return sorted({p.parent for p in root.rglob("metrics.json")}, key=lambda p: p.stat().st_mtime)
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def results_table(runs: list[Path], root: Path) -> str:
+    head = ["run", "method", "split", *METRIC_KEYS, "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 1)]
+    for run in runs:
+        metrics = _read_json(run / "metrics.json", {})
+        info = metrics.get("info", {})
+        secs = info.get("train_seconds")
+        when = "-" if secs is None else (f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min")
+        for split in ("valid", "test"):
+            if split in metrics:
+                m = metrics[split]
+                vals = [f"{m.get(k, float('nan')):.3f}" for k in METRIC_KEYS]
+                name = str(run.relative_to(root)) if run != root else run.name
+                lines.append("| " + " | ".join([name, info.get("method", "?"), split, *vals, when]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _thumb(path: Path | None, size: int = 112) -> str:
+    from PIL import Image
+
+    from .data import ImageError, load_image
+
+    if path is None:
+        return "<i>image not found</i>"
+    try:
+        im = load_image(path)
+    except ImageError as e:
+        return f"<i>{html.escape(str(e))}</i>"
+    im.thumbnail((size, size), Image.NEAREST if max(im.size) < size else Image.BICUBIC)
+    if max(im.size) < size:
+        k = size // max(im.size)
+        im = im.resize((im.width * k, im.height * k), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def gallery(runs: list[Path], out: Path, n: int = 16) -> Path | None:
+    """gallery.html: the first n test images with the reference and every run's caption."""
+    from .data import resolve_image
+
+    preds, images_dir = {}, None
+    for run in runs:
+        p = run / "predictions.csv"
+        if not p.exists():
+            continue
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        preds[run.name] = df
+        cfg = _read_json(run / "config.json", {})
+        if images_dir is None and cfg.get("data_dir"):
+            images_dir = Path(cfg.get("images_dir") or Path(cfg["data_dir"]) / "images")
+    if not preds:
+        return None
+    first = next(iter(preds.values())).head(n)
+    names = list(preds)
+    rows = []
+    for _, r in first.iterrows():
+        path = resolve_image(images_dir, r["Image_Name"]) if images_dir else None
+        cells = [f"<td>{_thumb(path)}</td>", f"<td class=ref>{html.escape(r['reference'])}</td>"]
+        for name in names:
+            df = preds[name]
+            hit = df.loc[df["Image_Name"] == r["Image_Name"], "prediction"]
+            text = hit.iloc[0] if len(hit) else ""
+            ok = text.strip().lower() == r["reference"].strip().lower()
+            cells.append(f"<td class={'ok' if ok else 'no'}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference", *names])
+    page = f"""<!doctype html><meta charset=utf-8><title>Caption gallery</title>
+<style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:middle}}
+table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6e6}} .no{{background:#fbeaea}}</style>
+<h1>Test captions</h1><p>Green: the prediction equals the reference (ignoring case).</p>
+<table><tr>{head}</tr>{''.join(rows)}</table>"""
+    path = out / "gallery.html"
+    path.write_text(page)
+    return path
+
+
+def curves(runs: list[Path], out: Path) -> Path | None:
+    """curves.png: training loss and the validation metric per epoch, one line per run."""
+    logs = {}
+    for run in runs:
+        p = run / "log.jsonl"
+        if p.exists():
+            rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+            if rows:
+                logs[run.name] = rows
+    if not logs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in logs.items():
+        a.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker=".", label=name)
+        val = [(r["epoch"], r["valid"]["CIDEr"]) for r in rows if "valid" in r]
+        if val:
+            b.plot(*zip(*val), marker="o", label=name)
+    a.set(title="training loss", xlabel="epoch")
+    b.set(title="validation CIDEr", xlabel="epoch")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(root, gallery_size: int = 16) -> dict:
+    root = Path(root)
+    runs = find_runs(root)
+    if not runs:
+        raise UserError(f"no run folders (with metrics.json) under {root}.")
+    table = results_table(runs, root)
+    (root / "results.md").write_text(table)
+    return {"table": table, "results": root / "results.md", "gallery": gallery(runs, root, gallery_size),
+            "curves": curves(runs, root)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m captioning.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="folder holding run folders")
+    p.add_argument("--gallery-size", type=int, default=16, help="test images in the gallery (default 16)")
+    a = p.parse_args(argv)
+    out = report(a.runs, a.gallery_size)
+    print(out["table"], end="")
+    for key in ("results", "gallery", "curves"):
+        if out[key]:
+            print(f"{key}: {out[key]}")
+
+
+if __name__ == "__main__":
+    run_main(main)

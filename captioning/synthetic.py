@@ -1,0 +1,278 @@
+"""Offline demo data and tiny model builders.
+
+    python -m captioning.synthetic --out DIR [--n 2500] [--seed 0] [--models]
+
+writes a deterministic food-captioning dataset in the standard layout (DIR/{train,valid,test}_data.csv,
+DIR/images/): drawn dishes whose caption is fixed by the picture, e.g. "Three Tomatoes on a Blue
+Plate" or "A White Bowl of Two Olives" (8 foods, 6 container colours, plates and bowls, counts 1-4,
+random positions, sizes, backgrounds and noise, 64 px). A handful of deliberately dirty entries
+(listed in DIR/dirty_entries.json with the reason a cleaner should give) exercise the cleaning stage.
+`--models` also writes tiny random models and a BPE tokenizer trained on the captions into
+DIR/models/, saved with save_pretrained so scripts load them by path exactly like hub ids.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from .config import run_main
+from .data import SPLITS, course_split
+
+SIZE = 64
+COUNTS = ["One", "Two", "Three", "Four"]
+# name, plural, colour, shape, radius (px at 64 px)
+FOODS = [
+    ("Tomato", "Tomatoes", (215, 30, 25), "round", 5.5),
+    ("Lemon", "Lemons", (250, 220, 40), "oval", 6.0),
+    ("Olive", "Olives", (70, 90, 30), "small-oval", 3.5),
+    ("Egg", "Eggs", (250, 250, 240), "fried", 6.0),
+    ("Blueberry", "Blueberries", (40, 50, 150), "round", 3.0),
+    ("Carrot", "Carrots", (245, 130, 20), "long", 7.0),
+    ("Cookie", "Cookies", (160, 100, 50), "dotted", 5.5),
+    ("Lime", "Limes", (120, 200, 60), "round", 5.0),
+]
+CONTAINER_COLOURS = {
+    "White": (245, 245, 245), "Blue": (40, 90, 200), "Black": (25, 25, 25),
+    "Red": (190, 40, 40), "Green": (40, 150, 70), "Yellow": (235, 200, 40),
+}
+TABLES = [(150, 110, 70), (120, 85, 55), (200, 190, 170), (110, 110, 115), (225, 215, 195), (90, 70, 60)]
+
+
+def caption_for(food: int, count: int, container: str, colour: str) -> str:
+    name, plural = FOODS[food][:2]
+    what = f"{COUNTS[count - 1]} {name if count == 1 else plural}"
+    return f"{what} on a {colour} Plate" if container == "plate" else f"A {colour} Bowl of {what}"
+
+
+def _draw_food(d: ImageDraw.ImageDraw, food: int, x: float, y: float, s: float, rng) -> None:
+    _, _, rgb, shape, r = FOODS[food]
+    r *= s
+    jitter = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in rgb)
+    if shape == "round":
+        d.ellipse([x - r, y - r, x + r, y + r], fill=jitter, outline=(30, 30, 30))
+        if food == 0:  # tomato stalk
+            d.rectangle([x - 1 * s, y - r - 1.5 * s, x + 1 * s, y - r + 1 * s], fill=(40, 140, 40))
+    elif shape == "oval":
+        d.ellipse([x - r * 1.35, y - r * 0.8, x + r * 1.35, y + r * 0.8], fill=jitter, outline=(120, 100, 0))
+    elif shape == "small-oval":
+        d.ellipse([x - r * 1.4, y - r, x + r * 1.4, y + r], fill=jitter, outline=(20, 30, 10))
+    elif shape == "fried":
+        d.ellipse([x - r * 1.2, y - r, x + r * 1.2, y + r], fill=jitter, outline=(200, 200, 190))
+        d.ellipse([x - r * 0.45, y - r * 0.45, x + r * 0.45, y + r * 0.45], fill=(250, 180, 20))
+    elif shape == "long":
+        d.polygon([(x - r * 1.4, y - r * 0.45), (x - r * 1.4, y + r * 0.45), (x + r * 1.4, y)], fill=jitter)
+        d.line([(x - r * 1.4, y - r * 0.45), (x - r * 1.9, y - r * 0.8)], fill=(40, 150, 40), width=2)
+    elif shape == "dotted":
+        d.ellipse([x - r, y - r, x + r, y + r], fill=jitter, outline=(90, 50, 20))
+        for dx, dy in ((-0.4, -0.3), (0.35, -0.2), (0.0, 0.4)):
+            d.ellipse([x + dx * r - 1, y + dy * r - 1, x + dx * r + 1, y + dy * r + 1], fill=(60, 30, 10))
+
+
+def draw_dish(rng: np.random.Generator, size: int = SIZE):
+    """One random dish: (PIL image, caption)."""
+    food = int(rng.integers(len(FOODS)))
+    count = int(rng.integers(1, 5))
+    container = "plate" if rng.random() < 0.5 else "bowl"
+    colour = list(CONTAINER_COLOURS)[int(rng.integers(len(CONTAINER_COLOURS)))]
+    k = 4  # draw at 4x, then downsample (anti-aliasing)
+    S = size * k
+    table = np.array(TABLES[int(rng.integers(len(TABLES)))]) + rng.integers(-25, 26, 3)
+    img = Image.new("RGB", (S, S), tuple(int(c) for c in np.clip(table, 0, 255)))
+    d = ImageDraw.Draw(img)
+    crgb = CONTAINER_COLOURS[colour]
+    scale = float(rng.uniform(0.8, 1.1))
+    cx = S / 2 + rng.uniform(-6, 6) * k
+    cy = S / 2 + rng.uniform(-5, 5) * k
+    if container == "plate":  # flat, wide ellipse with a rim
+        w, h = 27 * k * scale, 21 * k * scale
+        d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=crgb, outline=(60, 60, 60), width=k)
+        shade = tuple(int(c * 0.85) for c in crgb)
+        d.ellipse([cx - w * 0.72, cy - h * 0.72, cx + w * 0.72, cy + h * 0.72], outline=shade, width=k)
+        area_w, area_h, top = w * 0.62, h * 0.6, cy
+    else:  # bowl seen from the side: a deep half-disc body under an elliptical opening
+        w, h = 25 * k * scale, 10 * k * scale
+        body = tuple(int(c * 0.8) for c in crgb)
+        d.pieslice([cx - w, cy - h - w * 0.9, cx + w, cy - h + w * 0.9], 0, 180, fill=body,
+                   outline=(40, 40, 40), width=k)
+        d.ellipse([cx - w, cy - 2 * h, cx + w, cy], fill=crgb, outline=(40, 40, 40), width=k)
+        inner = tuple(int(c * 0.6) for c in crgb)
+        d.ellipse([cx - w * 0.85, cy - 1.8 * h, cx + w * 0.85, cy - 0.2 * h], fill=inner)
+        area_w, area_h, top = w * 0.68, h * 0.55, cy - h
+    gap = 10.5 * k * scale
+    for _restart in range(50):  # rejection sampling: every item fully visible, none overlapping
+        placed = []
+        for _ in range(count):
+            for _attempt in range(40):
+                x = cx + rng.uniform(-area_w, area_w)
+                y = top + rng.uniform(-area_h, area_h)
+                if all(math.hypot(x - px, y - py) > gap for px, py in placed):
+                    placed.append((x, y))
+                    break
+        if len(placed) == count:
+            break
+    for x, y in placed:
+        _draw_food(d, food, x, y, k * scale, rng)
+    img = img.resize((size, size), Image.BILINEAR)
+    noise = rng.normal(0, 6, (size, size, 3))
+    arr = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr), caption_for(food, count, container, colour)
+
+
+def _text_overlay(rng) -> Image.Image:
+    """A food picture with big printed words across it (what OCR cleaning must catch)."""
+    base, _ = draw_dish(rng)
+    img = base.resize((384, 384), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=44)
+    for i, line in enumerate(["BEST HOME", "RECIPES", "COOKBOOK"]):
+        d.rectangle([20, 50 + i * 100, 364, 120 + i * 100], fill=(255, 255, 255))
+        d.text((30, 55 + i * 100), line, fill=(0, 0, 0), font=font)
+    return img
+
+
+def make_dataset(out, n: int = 2500, seed: int = 0, dirty: bool = True) -> dict:
+    """Write the dataset into `out`; returns {"splits": sizes, "dirty": [...]}."""
+    out = Path(out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        img, cap = draw_dish(rng)
+        name = f"dish-{seed}-{i:05d}"
+        img.save(images / f"{name}.jpg", quality=92)
+        rows.append({"Title": cap, "Image_Name": name})
+    df = pd.DataFrame(rows)
+    parts = {s: df.iloc[np.sort(idx)].copy() for s, idx in zip(SPLITS, course_split(n, seed))}
+    dirty_list = _add_dirty(parts, images, rng) if dirty else []
+    for s, part in parts.items():
+        part.to_csv(out / f"{s}_data.csv", index=False)
+    (out / "dirty_entries.json").write_text(json.dumps(dirty_list, indent=1))
+    return {"splits": {s: len(p) for s, p in parts.items()}, "dirty": dirty_list}
+
+
+def _add_dirty(parts, images: Path, rng) -> list[dict]:
+    dirty = []
+
+    def add(split, name, title, reason, img=None, raw=None):
+        if img is not None:
+            img.save(images / f"{name}.jpg", quality=90)
+        if raw is not None:
+            (images / f"{name}.jpg").write_bytes(raw)
+        parts[split] = pd.concat([parts[split], pd.DataFrame([{"Title": title, "Image_Name": name}])],
+                                 ignore_index=True)
+        dirty.append({"split": split, "Image_Name": name, "Title": title, "reason": reason})
+
+    add("train", "zz-cookbook-cover", "Best Home Recipes", "text", img=_text_overlay(rng))
+    add("train", "zz-missing-photo", "Two Limes on a White Plate", "missing")
+    add("train", "zz-name-error", "#NAME?", "bad title", img=draw_dish(rng)[0])
+    add("train", "zz-untitled", "", "bad title", img=draw_dish(rng)[0])
+    buf = io.BytesIO()
+    draw_dish(rng)[0].save(buf, "JPEG", quality=90)
+    add("train", "zz-truncated", "One Egg on a Red Plate", "corrupt", raw=buf.getvalue()[: len(buf.getvalue()) // 3])
+    add("valid", "zz-blank", "A Grey Bowl of Nothing", "blank", img=Image.new("RGB", (SIZE, SIZE), (128, 128, 128)))
+    # the same photo twice (re-encoded) under two names with different titles, inside train ...
+    img, cap = draw_dish(rng)
+    add("train", "zz-dup-a", cap, "duplicate", img=img)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=70)
+    add("train", "zz-dup-b", "Leftovers on a Plate", "duplicate", raw=buf.getvalue())
+    # ... and once across train and test (leakage)
+    img, cap = draw_dish(rng)
+    add("train", "zz-leak-train", cap, "duplicate", img=img)
+    add("test", "zz-leak-test", "Snack on a Plate", "duplicate", img=img.resize((60, 60)).resize((SIZE, SIZE)))
+    return dirty
+
+
+# ------------------------------------------------------------------------------------- tiny models
+SPECIAL = "<|endoftext|>"
+
+
+def train_tokenizer(captions, out_dir=None, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on `captions` (GPT-2 style: one id for bos=eos=pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(captions, trainer)
+    fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL,
+                             unk_token=SPECIAL, pad_token=SPECIAL)
+    if out_dir:
+        fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE):
+    """A tiny random VisionEncoderDecoder (ViT 64 px / patch 8 + GPT-2 64-dim), saved like nlpconnect's."""
+    import torch
+    from transformers import (GPT2Config, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
+                              VisionEncoderDecoderModel)
+
+    torch.manual_seed(0)
+    tid = tokenizer.eos_token_id
+    enc = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=256)
+    dec = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                     add_cross_attention=True, is_decoder=True, bos_token_id=tid, eos_token_id=tid)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = cfg.bos_token_id = tid
+    model = VisionEncoderDecoderModel(config=cfg)
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, tid)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(out_dir)
+    return model
+
+
+# Builders run by `--models`: name -> fn(out_dir, tokenizer). Later stages register theirs here.
+MODEL_BUILDERS = {"vit-gpt2": build_tiny_vit_gpt2}
+
+
+def build_models(data_dir, out=None) -> Path:
+    """Train the tokenizer on the dataset's train captions and write every tiny model into out."""
+    from .data import read_csv
+    from .text import normalize
+
+    data_dir = Path(data_dir)
+    out = Path(out) if out else data_dir / "models"
+    caps = [normalize(t) for s in SPLITS for t in read_csv(data_dir / f"{s}_data.csv")["Title"]]
+    tok = train_tokenizer([c for c in caps if c], out / "tokenizer")
+    for name, fn in MODEL_BUILDERS.items():
+        fn(out / name, tok)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m captioning.synthetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--n", type=int, default=2500, help="number of clean images (default 2500)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--no-dirty", action="store_true", help="leave out the deliberately dirty entries")
+    p.add_argument("--models", action="store_true", help="also write tiny models and a tokenizer to OUT/models")
+    a = p.parse_args(argv)
+    if a.n < 10:
+        p.error("--n must be at least 10")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    info = make_dataset(a.out, a.n, a.seed, dirty=not a.no_dirty)
+    print(f"wrote {info['splits']} rows (+{len(info['dirty'])} dirty entries) to {a.out}")
+    if a.models:
+        print(f"wrote tiny models to {build_models(a.out)}")
+
+
+if __name__ == "__main__":
+    run_main(main)
