@@ -40,11 +40,12 @@ def load_script(relpath: str):
 class Demo:
     def __init__(self, runs_dir: Path, data_dir: Path, models: Path):
         self.runs, self.data, self.models = runs_dir, data_dir, models
+        self.images = data_dir / "images"  # stays the original folder when a stage rewrites the CSVs
         self.times: dict[str, float] = {}
 
     def common(self, name: str) -> list[str]:
-        return ["--data-dir", str(self.data), "--output-dir", str(self.runs / name), "--overwrite",
-                "--cache-dir", str(self.runs / ".cache")]
+        return ["--data-dir", str(self.data), "--images-dir", str(self.images),
+                "--output-dir", str(self.runs / name), "--overwrite", "--cache-dir", str(self.runs / ".cache")]
 
     def stage(self, name: str, script: str, *args: str):
         print(f"\n=== {name}: {script} ===", flush=True)
