@@ -66,10 +66,10 @@ def read_csv(path, required=REQUIRED) -> pd.DataFrame:
     missing = [c for c in required if c not in df.columns]
     if missing:
         found = ", ".join(map(str, df.columns[:8]))
-        raise UserError(
-            f"{path} has no {' or '.join(missing)} column (found: {found}); "
-            "expected a comma-separated file with a header row."
-        )
+        header = text.splitlines()[0] if text.splitlines() else ""
+        sep = next((f"{d!r}" for d in (";", "\t", "|") if d in header), None)
+        hint = f"it looks separated by {sep}, not commas" if sep else "expected a header row with these columns"
+        raise UserError(f"{path} has no {' or '.join(missing)} column (found: {found}); {hint}.")
     return df
 
 
@@ -126,8 +126,11 @@ def _references(title: str, extra: str) -> list[str]:
     return refs
 
 
-def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool = True):
-    """Rows -> usable Records, plus a Counter of skipped rows by reason (also printed, with names)."""
+def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool = True,
+               dropped: list | None = None):
+    """Rows -> usable Records, plus a Counter of skipped rows by reason (also printed, with names).
+
+    `dropped`, if given, receives (row, reason) for every skipped row (cleaning reports them)."""
     records, skips, examples = [], Counter(), {}
     seen = set()
     for row in df.to_dict("records"):
@@ -152,6 +155,8 @@ def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool
         if reason:
             skips[reason] += 1
             examples.setdefault(reason, []).append(name or "<blank>")
+            if dropped is not None:
+                dropped.append((row, reason))
             continue
         seen.add((name, title))
         records.append(Record(name, title, path, _references(title, row.get("References", "")), row))
