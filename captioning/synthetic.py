@@ -30,14 +30,14 @@ SIZE = 64
 COUNTS = ["One", "Two", "Three", "Four"]
 # name, plural, colour, shape, radius (px at 64 px)
 FOODS = [
-    ("Tomato", "Tomatoes", (215, 30, 25), "round", 5.5),
+    ("Tomato", "Tomatoes", (215, 30, 25), "round", 6.0),
     ("Lemon", "Lemons", (250, 220, 40), "oval", 6.0),
-    ("Olive", "Olives", (70, 90, 30), "small-oval", 3.5),
+    ("Olive", "Olives", (70, 90, 30), "small-oval", 4.2),
     ("Egg", "Eggs", (250, 250, 240), "fried", 6.0),
-    ("Blueberry", "Blueberries", (40, 50, 150), "round", 3.0),
+    ("Blueberry", "Blueberries", (40, 50, 150), "round", 4.0),
     ("Carrot", "Carrots", (245, 130, 20), "long", 7.0),
-    ("Cookie", "Cookies", (160, 100, 50), "dotted", 5.5),
-    ("Lime", "Limes", (120, 200, 60), "round", 5.0),
+    ("Cookie", "Cookies", (160, 100, 50), "dotted", 6.0),
+    ("Lime", "Limes", (120, 200, 60), "round", 5.2),
 ]
 CONTAINER_COLOURS = {
     "White": (245, 245, 245), "Blue": (40, 90, 200), "Black": (25, 25, 25),
@@ -88,17 +88,17 @@ def draw_dish(rng: np.random.Generator, size: int = SIZE):
     img = Image.new("RGB", (S, S), tuple(int(c) for c in np.clip(table, 0, 255)))
     d = ImageDraw.Draw(img)
     crgb = CONTAINER_COLOURS[colour]
-    scale = float(rng.uniform(0.8, 1.1))
-    cx = S / 2 + rng.uniform(-6, 6) * k
-    cy = S / 2 + rng.uniform(-5, 5) * k
+    scale = float(rng.uniform(0.85, 1.05))
+    cx = S / 2 + rng.uniform(-3, 3) * k
+    cy = S / 2 + rng.uniform(-3, 3) * k
     if container == "plate":  # flat, wide ellipse with a rim
-        w, h = 27 * k * scale, 21 * k * scale
+        w, h = 29 * k * scale, 23 * k * scale
         d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=crgb, outline=(60, 60, 60), width=k)
         shade = tuple(int(c * 0.85) for c in crgb)
         d.ellipse([cx - w * 0.72, cy - h * 0.72, cx + w * 0.72, cy + h * 0.72], outline=shade, width=k)
         area_w, area_h, top = w * 0.62, h * 0.6, cy
     else:  # bowl seen from the side: a deep half-disc body under an elliptical opening
-        w, h = 25 * k * scale, 10 * k * scale
+        w, h = 27 * k * scale, 11 * k * scale
         body = tuple(int(c * 0.8) for c in crgb)
         d.pieslice([cx - w, cy - h - w * 0.9, cx + w, cy - h + w * 0.9], 0, 180, fill=body,
                    outline=(40, 40, 40), width=k)
@@ -106,7 +106,7 @@ def draw_dish(rng: np.random.Generator, size: int = SIZE):
         inner = tuple(int(c * 0.6) for c in crgb)
         d.ellipse([cx - w * 0.85, cy - 1.8 * h, cx + w * 0.85, cy - 0.2 * h], fill=inner)
         area_w, area_h, top = w * 0.68, h * 0.55, cy - h
-    gap = 10.5 * k * scale
+    gap = 12.5 * k * scale
     for _restart in range(50):  # rejection sampling: every item fully visible, none overlapping
         placed = []
         for _ in range(count):
