@@ -81,6 +81,17 @@ def main(argv=None):
     demo.stage("task1_1", "task1/task1_1.py", "--model", vit_gpt2, "--preset", "greedy")
     demo.stage("vit_gpt2_finetuned", "task1/vit_gpt2_finetuned.py", "--model", vit_gpt2, *TINY_TRAIN)
 
+    print("\n[deepseek] RANDOM-WEIGHT STAND-IN: a tiny untrained DeepSeek-VL hybrid that takes the real "
+          "model's path (class from its config, chat template, batched generation, title cleaner); "
+          "its titles are noise.")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops gain nothing from 2 threads; on a busy CPU they run ~10x slower
+    demo.stage("deepseek", "task2/deepseek.py", "--model", str(models / "deepseek-vl"), "--limit", "48",
+               "--max-new-tokens", "12")
+    torch.set_num_threads(threads)
+
     from captioning.report import report
 
     out = report(runs)

@@ -242,6 +242,62 @@ def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE):
 MODEL_BUILDERS = {"vit-gpt2": build_tiny_vit_gpt2}
 
 
+# A DeepSeek-style chat format, "User: <image placeholders>question\n\nAssistant:" (real models ship theirs).
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}\n\n"
+    "{% else %}{{ 'User: ' if m['role'] == 'user' else 'Assistant: ' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for b in m['content'] %}"
+    "{% if b['type'] == 'image' %}<image_placeholder>{% elif b['type'] == 'text' %}{{ b['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE):
+    """A tiny random DeepSeek-VL hybrid chat model (SigLIP 32 px + SAM 64 px + 2-layer Llama) and its
+    processor with a chat template: the offline stand-in for deepseek-community/deepseek-vl-7b-chat.
+    Its tokenizer is `tokenizer` plus the image placeholder; single-byte tokens are suppressed in
+    generation so that its (random) answers are made of caption words, not bytes."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import (DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration,
+                              DeepseekVLHybridImageProcessorPil, DeepseekVLHybridProcessor, GPT2TokenizerFast,
+                              LlamaConfig, SamVisionConfig, SiglipVisionConfig)
+
+    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                            unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
+                            extra_special_tokens={"image_token": "<image_placeholder>"},
+                            chat_template=TINY_CHAT_TEMPLATE)
+    ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    torch.manual_seed(0)
+    patch = 8
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                       initializer_range=0.5, **ids)  # large weights: answers depend on image and prompt
+    siglip = SiglipVisionConfig(image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2)
+    sam = SamVisionConfig(image_size=high_res_size, patch_size=16, hidden_size=32, output_channels=8,
+                          num_hidden_layers=2, num_attention_heads=2, window_size=2, global_attn_indexes=[1],
+                          mlp_dim=64)
+    cfg = DeepseekVLHybridConfig(text_config=text, vision_config=siglip, high_res_vision_config=sam,
+                                 image_token_id=tok.convert_tokens_to_ids(tok.image_token),
+                                 tie_word_embeddings=False)
+    model = DeepseekVLHybridForConditionalGeneration(cfg)
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+    model.generation_config.suppress_tokens = sorted(
+        i for t, i in tok.get_vocab().items() if len(t) == 1 and i != tok.eos_token_id)
+    model.save_pretrained(out_dir)
+    low, high = {"height": image_size, "width": image_size}, {"height": high_res_size, "width": high_res_size}
+    images = DeepseekVLHybridImageProcessorPil(size=low, high_res_size=high)
+    DeepseekVLHybridProcessor(images, tok, chat_template=TINY_CHAT_TEMPLATE,
+                              num_image_tokens=(image_size // patch) ** 2).save_pretrained(out_dir)
+    return model
+
+
+MODEL_BUILDERS["deepseek-vl"] = build_tiny_deepseek_vl
+
+
 def build_models(data_dir, out=None) -> Path:
     """Train the tokenizer on the dataset's train captions and write every tiny model into out."""
     from .data import read_csv

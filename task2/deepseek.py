@@ -1,0 +1,118 @@
+"""Task 2: zero-shot dish titles from DeepSeek-VL, or from any chat vision-language model of transformers.
+
+Each image goes to the chat model as one user turn "image + question"; the answer is cleaned into a
+title (quotes, "Title:" labels, markdown and trailing sentences removed) and scored like every other
+run. The model class comes from the checkpoint's config: DeepSeek-VL 7B chat is the hybrid
+(SigLIP + SAM) model, the 1.3B is not; Llama 3.2 Vision and the other image-text-to-text models
+take the same path. Nothing is trained.
+
+    python task2/deepseek.py --data-dir data --output-dir runs/deepseek
+    python task2/deepseek.py --data-dir data --prompt few-shot --batch-size 16
+    HF_TOKEN=... python task2/deepseek.py --data-dir data --model meta-llama/Llama-3.2-11B-Vision-Instruct
+    python task2/deepseek.py --data-dir data --backend deepseek_vl   # DeepSeek's original package
+"""
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main
+from captioning.data import load_split
+from captioning.engine import Run, atomic_write_text, evaluate_splits, print_metrics
+from captioning.generation import generation_kwargs
+from captioning.vlm import (chat_answers, clean_title, deepseek_vl_answers, deepseek_vl_classes,
+                            image_datasets, load_chat_vlm, load_deepseek_vl_package)
+
+NATIVE = "deepseek-community/deepseek-vl-7b-chat"  # transformers' own port of the weights
+ORIGINAL = "deepseek-ai/deepseek-vl-7b-chat"  # the weights the deepseek_vl package reads
+PROMPTS = {
+    "original": "Put a short title to the dish in this image",
+    "title": "What is the title of the recipe for the dish in this image? Answer with the title only, "
+             "at most ten words, no explanation.",
+    "few-shot": "Here are titles of recipes from the same cookbook:\n{examples}\nWrite the title of the "
+                "recipe for the dish in this image, in the same style. Answer with the title only.",
+}
+
+
+@dataclass
+class Config(RunConfig):
+    # A DeepSeek-VL checkpoint or any image-text-to-text chat model of transformers, for example
+    #   "deepseek-community/deepseek-vl-7b-chat"    hybrid SigLIP + SAM encoders (the course's model)
+    #   "deepseek-community/deepseek-vl-1.3b-chat"  SigLIP only: smaller and faster
+    #   "meta-llama/Llama-3.2-11B-Vision-Instruct"  gated: accept the licence, then set HF_TOKEN
+    model: str = NATIVE
+    output_dir: str = "runs/deepseek"
+    # What to ask (pick one):
+    #   "original"  "Put a short title to the dish in this image" (the course's prompt)
+    #   "title"     asks for the recipe title only, at most ten words, no explanation
+    #   "few-shot"  first shows SHOTS titles drawn (seeded) from the training split, then asks for one
+    prompt: str = choice("original", "title", "few-shot")
+    # Your own question instead of PROMPT (empty: use PROMPT)
+    question: str = ""
+    # Example titles the few-shot prompt shows
+    shots: int = 8
+    # "transformers": the native classes; "deepseek_vl": DeepSeek's original package, installed with
+    # pip install git+https://github.com/deepseek-ai/DeepSeek-VL.git (reads deepseek-ai/deepseek-vl-7b-chat)
+    backend: str = choice("transformers", "deepseek_vl")
+    # Decoding: "greedy" (one beam, the zero-shot default), "beam" (4 beams) or "nucleus" sampling
+    preset: str = choice("greedy", "beam", "nucleus")
+    # Longest answer, in tokens (a title is short; the cleaner cuts what follows it)
+    max_new_tokens: int = 24
+    # Images per generate call (left-padded batch); lower it if the GPU runs out of memory
+    batch_size: int = 8
+    # Weights' precision: "auto" = bfloat16 on a GPU that supports it, else float32
+    dtype: str = choice("auto", "bfloat16", "float16", "float32")
+    # Run Python code shipped with the checkpoint (only for a model you trust; not needed for the above)
+    trust_remote_code: bool = False
+
+
+def question(cfg) -> str:
+    """The question of this run; the few-shot one lists example titles from the training split."""
+    if cfg.question:
+        return cfg.question
+    if cfg.prompt != "few-shot":
+        return PROMPTS[cfg.prompt]
+    records, _ = load_split(cfg.data_dir, "train", cfg.images_dir or None, check_images=False)
+    titles = sorted({r.title for r in records})
+    examples = random.Random(cfg.seed).sample(titles, min(cfg.shots, len(titles)))
+    return PROMPTS["few-shot"].format(examples="\n".join(f"- {t}" for t in examples))
+
+
+def main(argv=None):
+    cfg = parse_config(Config, argv, __doc__)
+    if min(cfg.batch_size, cfg.max_new_tokens, cfg.shots) < 1:
+        raise UserError("--batch-size, --max-new-tokens and --shots must be at least 1.")
+    original = cfg.backend == "deepseek_vl"
+    if original:
+        deepseek_vl_classes()  # stops here, with how to install it, when the package is missing
+        cfg.model = ORIGINAL if cfg.model == NATIVE else cfg.model
+    run = Run(cfg, f"zero-shot {Path(cfg.model).name} ({'own question' if cfg.question else cfg.prompt})")
+    datasets = image_datasets(cfg, ("valid", "test"))
+    ask = question(cfg)
+    if original:
+        model, processor = load_deepseek_vl_package(cfg.model, hf_token(cfg.hf_token), cfg.dtype)
+        answer = deepseek_vl_answers
+    else:
+        model, processor = load_chat_vlm(cfg.model, hf_token(cfg.hf_token), cfg.dtype, cfg.trust_remote_code)
+        answer = chat_answers
+    print(f"{cfg.model}: {type(model).__name__}, {model.dtype}, asking: {ask!r}")
+    raw = []
+
+    def caption(model, batch, preset):
+        kwargs = generation_kwargs(preset, cfg.max_new_tokens)
+        answers = answer(model, processor, batch["image"], ask, **kwargs)
+        raw.extend(answers)
+        return [clean_title(a) for a in answers]
+
+    metrics = evaluate_splits(run, cfg, caption, model, datasets, model.device,
+                              info={"model": cfg.model, "model_class": type(model).__name__, "question": ask})
+    names = [(s, r.image_name) for s in ("valid", "test") for r in datasets[s].records]
+    atomic_write_text(run.dir / "answers.jsonl", "".join(  # the raw answers, to check the cleaner
+        json.dumps({"split": s, "Image_Name": n, "answer": a, "title": clean_title(a)}) + "\n"
+        for (s, n), a in zip(names, raw)))
+    print_metrics(run.method, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
