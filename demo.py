@@ -1,6 +1,7 @@
 """The whole pipeline, offline, on synthetic food pictures and tiny models (`make demo`).
 
-Stages: synthetic data + tiny models -> direct evaluation of the untrained model (task1_1) ->
+Stages: synthetic data + tiny models -> cleaning (imageCleaning/preprocess, into RUNS_DIR/cleaning;
+later stages use its CSVs) -> direct evaluation of the untrained model (task1_1) ->
 fine-tuning (vit_gpt2_finetuned) -> test scores -> report (table, gallery, curves). Each stage
 writes its run into RUNS_DIR/<script name>/. The tiny models are random-weight stand-ins for
 the real checkpoints, so the numbers show the pipeline works, not how good the real models are.
@@ -77,6 +78,14 @@ def main(argv=None):
     print(f"tiny models and tokenizer: {models}")
     demo = Demo(runs, data, models)
     vit_gpt2 = str(models / "vit-gpt2")
+
+    print("\n=== cleaning: imageCleaning/preprocess.py ===", flush=True)
+    t0 = time.time()
+    cleaned = runs / "cleaning"
+    load_script("imageCleaning/preprocess.py").main(["--data-dir", str(demo.data), "--images-dir", str(demo.images),
+                                                     "--out", str(cleaned), "--workers", "2"])
+    demo.times["cleaning"] = time.time() - t0
+    demo.data = cleaned  # later stages use the cleaned CSVs; demo.images stays the original folder
 
     demo.stage("task1_1", "task1/task1_1.py", "--model", vit_gpt2, "--preset", "greedy")
     demo.stage("vit_gpt2_finetuned", "task1/vit_gpt2_finetuned.py", "--model", vit_gpt2, *TINY_TRAIN)
