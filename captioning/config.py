@@ -149,7 +149,16 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
         parser.set_defaults(**values)
     ns = parser.parse_args(argv)
     kwargs = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    for name, low in MINIMUMS.items():
+        if name in kwargs and isinstance(kwargs[name], (int, float)) and kwargs[name] < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}; got {kwargs[name]}.")
     return cls(**kwargs)
+
+
+# Lower bounds checked for every config that has these fields.
+MINIMUMS = {"batch_size": 1, "max_new_tokens": 1, "limit": 0, "workers": 0, "epochs": 0, "lr": 1e-12,
+            "grad_accum": 1, "eval_every": 1, "restart_epochs": 1, "max_length": 2, "patience": 0,
+            "weight_decay": 0, "max_grad_norm": 0}
 
 
 def to_dict(cfg, redact: bool = True) -> dict:

@@ -54,10 +54,11 @@ class Run:
         self.method, self.is_main = method, is_main
         present = [f for f in RUN_FILES if (self.dir / f).exists()]
         finished = (self.dir / "metrics.json").exists()
-        if present and not resume and not cfg.overwrite:
-            what = "a finished run" if finished else "an unfinished run (pass --resume to continue it)"
-            raise UserError(f"{self.dir} already holds {what}; pass --overwrite to replace it "
-                            "or choose another --output-dir.")
+        # config.json alone is what a start that failed before any work leaves behind: reuse it
+        if [f for f in present if f != "config.json"] and not resume and not cfg.overwrite:
+            unfinished = "an unfinished run" + (" (pass --resume to continue it)" if hasattr(cfg, "resume") else "")
+            raise UserError(f"{self.dir} already holds {'a finished run' if finished else unfinished}; "
+                            "pass --overwrite to replace it or choose another --output-dir.")
         if resume and finished and not cfg.overwrite:
             raise UserError(f"{self.dir} holds a finished run: nothing to resume.")
         if not is_main:

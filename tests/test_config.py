@@ -58,3 +58,9 @@ def test_token_is_redacted():
     cfg = parse_config(Demo, ["--hf-token", "hf_secret123"])
     assert cfg.hf_token == "hf_secret123"
     assert "hf_secret123" not in json.dumps(to_dict(cfg))
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--lr", "-1"), ("--limit", "-3"), ("--epochs", "-1")])
+def test_out_of_range_values(flag, value):
+    with pytest.raises(UserError, match="must be at least"):
+        parse_config(Demo, [flag, value])
