@@ -74,7 +74,6 @@ def resolve_duplicates(group: list, mode: str, report: list) -> set:
     """group: [(split, record)] of one photo, in split and row order. Returns the ids of rows to drop."""
     names = [f"{s}/{r.image_name}" for s, r in group]
     held_out = max({s for s, _ in group}, key=SPLITS.index)
-    leak = len({s for s, _ in group}) > 1
     first = next(i for i, (s, _) in enumerate(group) if s == held_out)
     titles = list(dict.fromkeys(group[first][1].references + [t for _, r in group for t in r.references]))
     drop = set()
@@ -121,6 +120,8 @@ def main(argv=None):
         raise UserError(f"images folder {images} does not exist (set --images-dir).")
     if cfg.workers < 1 or cfg.ocr_batch < 1:
         raise UserError("--workers and --ocr-batch must be at least 1.")
+    if not 0 <= cfg.hash_distance <= 64 or cfg.pixel_difference < 0:
+        raise UserError("--hash-distance must be 0..64 and --pixel-difference at least 0.")
     frames = {s: read_csv(split_csv(data, s)) for s in SPLITS}
     check_out(cfg, data, images, out)
     out.mkdir(parents=True, exist_ok=True)
