@@ -186,6 +186,20 @@ def test_killed_run_resumes_without_redoing_and_ends_identical(cleaned, synth, t
     assert {k: v for k, v in a.items() if k != "config"} == {k: v for k, v in b.items() if k != "config"}
 
 
+def test_unsafe_names_are_reported_and_never_opened(synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth, data, ignore=shutil.ignore_patterns("models", "images"))
+    (tmp_path / "secret.jpg").write_bytes((synth / "images" / "zz-dup-a.jpg").read_bytes())
+    train = pd.read_csv(data / "train_data.csv", dtype=str, keep_default_na=False)
+    evil = pd.DataFrame({"Title": ["Stolen", "Stolen too"], "Image_Name": ["../secret", str(tmp_path / "secret")]})
+    pd.concat([train, evil]).to_csv(data / "train_data.csv", index=False)
+    out = tmp_path / "out"
+    preprocess("--data-dir", data, "--images-dir", synth / "images", "--out", out, "--no-ocr")
+    report = pd.read_csv(out / "cleaning_report.csv", dtype=str, keep_default_na=False)
+    assert sorted(report[report.reason == "unsafe name"].Title) == ["Stolen", "Stolen too"]
+    assert "Stolen" not in set(pd.read_csv(out / "train_data.csv", dtype=str).Title)
+
+
 # ------------------------------------------------------------------------------------ bad input
 def test_bad_input_fails_with_one_sentence(synth, tmp_path):
     missing = run_cli(SCRIPT, "--data-dir", tmp_path / "nope", "--out", tmp_path / "o")
