@@ -34,6 +34,7 @@ def load_script(relpath: str):
     path = ROOT / relpath
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
     spec.loader.exec_module(module)
     return module
 
