@@ -6,13 +6,20 @@
 Both sides go through pycocoevalcap's PTBTokenizer (lower-case, punctuation stripped); CIDEr is
 pycocoevalcap's CIDEr-D with document frequencies from the evaluated references. METEOR runs in
 one long-lived Java process per Python process (starting it costs ~6 s).
+
+Per-caption rewards for SCST: CiderD (document frequencies fixed once from the training
+references; equal to pycocoevalcap's CiderScorer given the same frequencies) and meteor_scores
+(a whole batch per call to that Java process), both on fast_tokenize instead of the Java tokenizer.
 """
 from __future__ import annotations
 
 import atexit
 import json
+import math
+import re
 import sys
 import threading
+from collections import Counter
 
 from .text import normalize
 
@@ -131,6 +138,127 @@ def read_predictions(path):
             more = []
         refs.append([row["reference"]] + [m for m in more if isinstance(m, str) and m != row["reference"]])
     return df["prediction"].tolist(), refs
+
+
+# ------------------------------------------------------------------- per-caption rewards (SCST)
+# pycocoevalcap drops these PTB tokens (its "-LRB-" etc. never match: the tokenizer lower-cases first)
+_PUNCT_TOKENS = {"''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", '"'}
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_WORDS = re.compile(r"[^\W_]+(?:['.-][^\W_]+)*|[^\w\s]|_+")
+_CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+
+
+def fast_tokenize(text: str) -> str:
+    """A pure-Python stand-in for the PTB tokenization of the evaluation (lower case, "mom 's",
+    "do n't", brackets as -lrb-/-rrb-, punctuation dropped), fast enough for every SCST sample."""
+    out = []
+    for t in _WORDS.findall(normalize(text).lower()):
+        m = _CLITIC.match(t)
+        for part in m.groups() if m else (t,):
+            if part not in _PUNCT_TOKENS:
+                out.append(_BRACKETS.get(part, part))
+    return " ".join(out)
+
+
+def _ngram_counts(words: list[str], n: int) -> Counter:
+    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+
+class CiderD:
+    """CIDEr-D of single captions, with document frequencies computed once from a reference corpus.
+
+    scorer = CiderD(train_references)        # list of reference lists, one per training image
+    scorer.scores(captions, references)      # numpy array, one CIDEr-D per caption
+    Same arithmetic as pycocoevalcap's CiderScorer (tf-idf n-gram vectors n=1..4, clipped cosine,
+    Gaussian length penalty sigma=6, x10) but idf = log(#corpus images) - log(df) comes from the
+    corpus given here, not from the captions being scored, so a reward does not depend on its batch.
+    Inputs go through `tokenize` (default fast_tokenize; pass None for already tokenized text).
+    Vectors are cached by text, so repeated references and repeated samples cost nothing.
+    """
+
+    def __init__(self, corpus_references, n: int = 4, sigma: float = 6.0, tokenize=fast_tokenize):
+        self.n, self.sigma, self.tokenize = n, sigma, tokenize or (lambda s: s)
+        corpus = as_reference_lists(corpus_references) if tokenize else [list(r) for r in corpus_references]
+        if not corpus:
+            raise ValueError("CiderD needs at least one reference list to compute document frequencies")
+        self.document_frequency = Counter()
+        for refs in corpus:
+            grams = set()
+            for r in refs:
+                grams.update(_ngram_counts(self.tokenize(r).split(), n))
+            self.document_frequency.update(grams)
+        self.log_corpus = math.log(float(len(corpus)))
+        self._cache: dict[str, tuple] = {}
+
+    def _vector(self, text: str):
+        """(tf-idf weights per n-gram, norms per order, length) of one tokenised caption."""
+        counts = _ngram_counts(text.split(), self.n)
+        vec, norm2, length = {}, [0.0] * self.n, 0
+        for gram, tf in counts.items():
+            w = float(tf) * (self.log_corpus - math.log(max(1.0, self.document_frequency.get(gram, 0.0))))
+            vec[gram] = w
+            norm2[len(gram) - 1] += w * w
+            if len(gram) == 2:  # pycocoevalcap counts length in bigrams; kept for equality
+                length += tf
+        return vec, [math.sqrt(x) for x in norm2], length
+
+    def _cached_vector(self, text: str):
+        v = self._cache.get(text)
+        if v is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            v = self._cache[text] = self._vector(self.tokenize(text))
+        return v
+
+    def score(self, caption: str, references) -> float:
+        hyp, hyp_norm, hyp_len = self._cached_vector(caption)
+        refs = [references] if isinstance(references, str) else list(references)
+        total = 0.0
+        for ref in refs:
+            ref_vec, ref_norm, ref_len = self._cached_vector(ref)
+            penalty = math.exp(-((hyp_len - ref_len) ** 2) / (2 * self.sigma ** 2))
+            val = [0.0] * self.n
+            for gram, w in hyp.items():
+                r = ref_vec.get(gram)
+                if r:
+                    val[len(gram) - 1] += min(w, r) * r
+            total += sum(v / (hyp_norm[k] * ref_norm[k]) if hyp_norm[k] and ref_norm[k] else v
+                         for k, v in enumerate(val)) * penalty / self.n
+        return 10.0 * total / max(1, len(refs))
+
+    def scores(self, captions, references):
+        import numpy as np
+
+        return np.array([self.score(c, r) for c, r in zip(captions, references, strict=True)])
+
+
+def meteor_scores(captions, references, chunk: int = 256) -> list[float]:
+    """Per-caption METEOR from the process-wide Java scorer (get_meteor), a whole batch per call.
+
+    pycocoevalcap's Meteor.compute_score waits for each caption's statistics before sending the
+    next; here a chunk of SCORE lines goes out at once and the answers are read back together.
+    """
+    captions, refs = list(captions), as_reference_lists(references)
+    if len(captions) != len(refs):
+        raise ValueError(f"{len(captions)} captions but {len(refs)} reference lists")
+    if not captions:
+        return []
+    hyps = [fast_tokenize(_clean(c)) or "." for c in captions]  # an empty hypothesis confuses the Java side
+    lines = [" ||| ".join(("SCORE", *(fast_tokenize(r) or "." for r in rs), h)) for h, rs in zip(hyps, refs)]
+    unique = list(dict.fromkeys(lines))  # SCST samples repeat: score each distinct pair once
+    m = get_meteor()
+    with m.lock:
+        proc, stats = m.meteor_p, []
+        for start in range(0, len(unique), chunk):
+            part = unique[start:start + chunk]
+            proc.stdin.write("".join(x + "\n" for x in part).encode())
+            proc.stdin.flush()
+            stats.extend(proc.stdout.readline().decode().strip() for _ in part)
+        proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+        proc.stdin.flush()
+        score = {line: float(proc.stdout.readline().strip()) for line in unique}
+        proc.stdout.readline()  # the corpus score, unused here
+    return [score[line] for line in lines]
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -1,0 +1,139 @@
+"""Self-critical sequence training (Rennie et al. 2017) for VisionEncoderDecoder captioners.
+
+    reward = make_reward("cider", train_references)          # fn(captions, references) -> array
+    out = scst_step(model, encoder_outputs, references, tokenizer, reward, k=5, baseline="greedy")
+    out.loss.backward()
+
+One encoder pass feeds everything: K captions sampled per image (top-p, `generate` with the KV
+cache), the greedy baseline, and the pass that gives the samples' log-probabilities with
+gradients. A caption's log-probability sums its tokens up to and including the first EOS, so the
+padding that `generate` appends after EOS is never trained. The loss is
+    -mean_i (reward_i - baseline_i) * log p(caption_i)
+so a sample that beats its baseline is made more likely and one that falls short less likely.
+Baselines: "greedy" (the greedy caption's reward, Rennie et al. 2017) or "mean" (the mean reward
+of the image's other K-1 samples, Luo 2020; no extra decoding).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from .generation import decode
+from .metrics import CiderD, meteor_scores
+
+REWARDS = ("cider", "meteor", "mix")
+BASELINES = ("greedy", "mean")
+
+
+def make_reward(kind: str, train_references, meteor_weight: float = 0.5):
+    """fn(captions, references) -> numpy array of rewards.
+
+    "cider"  CIDEr-D with document frequencies computed once from `train_references`
+    "meteor" METEOR from one long-lived Java process, a whole batch per call
+    "mix"    (1 - meteor_weight) * CIDEr-D + meteor_weight * METEOR
+    """
+    if kind not in REWARDS:
+        raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
+    cider = CiderD(train_references) if kind in ("cider", "mix") else None
+
+    def meteor(caps, refs):
+        return np.asarray(meteor_scores(caps, refs), dtype=float)
+
+    if kind == "cider":
+        return cider.scores
+    if kind == "meteor":
+        return meteor
+    w = meteor_weight
+    return lambda caps, refs: (1 - w) * cider.scores(caps, refs) + w * meteor(caps, refs)
+
+
+def first_eos_mask(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1.0 on every token up to and including the first EOS of each row, 0.0 after it."""
+    is_eos = (tokens == eos_id).long()
+    return ((is_eos.cumsum(1) - is_eos) == 0).float()
+
+
+def sequence_logprobs(model, encoder_outputs, sequences: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Sum of log p(token) over each generated caption (rows start with the decoder start token)."""
+    inputs, targets = sequences[:, :-1], sequences[:, 1:]
+    logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=inputs).logits
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp * first_eos_mask(targets, eos_id)).sum(1)
+
+
+def scst_loss(logprob_sums: torch.Tensor, rewards, baselines) -> torch.Tensor:
+    """-mean((reward - baseline) * log p): the policy gradient with a baseline."""
+    adv = torch.as_tensor(np.asarray(rewards) - np.asarray(baselines), dtype=logprob_sums.dtype,
+                          device=logprob_sums.device)
+    return -(adv * logprob_sums).mean()
+
+
+def leave_one_out_mean(rewards: np.ndarray, k: int) -> np.ndarray:
+    """Per sample, the mean reward of the other k-1 samples of the same image (rows grouped by image)."""
+    r = np.asarray(rewards, dtype=float).reshape(-1, k)
+    return ((r.sum(1, keepdims=True) - r) / max(1, k - 1)).reshape(-1)
+
+
+@dataclass
+class SCSTOutput:
+    loss: torch.Tensor
+    reward: float  # mean reward of the sampled captions
+    baseline: float  # mean baseline
+    reward_seconds: float  # time spent computing rewards
+    samples: list  # the sampled captions, grouped by image
+
+
+class _eval_mode:
+    """Dropout off while decoding; every module's own train/eval flag restored afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        for m, mode in self.modes:
+            m.training = mode
+
+
+def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int = 5, baseline: str = "greedy",
+              top_p: float = 0.9, temperature: float = 1.0, max_new_tokens: int = 24) -> SCSTOutput:
+    """The SCST loss of one batch (see the module docstring); `references[i]` lists image i's titles."""
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if baseline == "mean" and k < 2:
+        raise ValueError("the mean baseline needs at least 2 samples per image")
+    net = getattr(model, "module", model)
+    eos = net.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    hidden = encoder_outputs.last_hidden_state
+
+    def frozen():  # a fresh object per call: generate expands its encoder_outputs in place
+        return BaseModelOutput(last_hidden_state=hidden.detach())
+
+    with torch.no_grad(), _eval_mode(net):
+        sampled = net.generate(encoder_outputs=frozen(), do_sample=True, num_beams=1, top_p=top_p, top_k=0,
+                               temperature=temperature, num_return_sequences=k, max_new_tokens=max_new_tokens)
+        greedy = None
+        if baseline == "greedy":
+            greedy = net.generate(encoder_outputs=frozen(), do_sample=False, num_beams=1,
+                                  max_new_tokens=max_new_tokens)
+    refs_k = [r for r in references for _ in range(k)]
+    t0 = time.perf_counter()  # reward time counts decoding the ids to text too
+    samples = decode(tokenizer, sampled)
+    rewards = reward_fn(samples, refs_k)
+    if greedy is not None:
+        base = np.repeat(reward_fn(decode(tokenizer, greedy), references), k)
+    else:
+        base = leave_one_out_mean(rewards, k)
+    seconds = time.perf_counter() - t0
+    repeated = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))  # rows grouped by image
+    logp = sequence_logprobs(model, repeated, sampled, eos)
+    return SCSTOutput(scst_loss(logp, rewards, base), float(np.mean(rewards)), float(np.mean(base)), seconds,
+                      [samples[i:i + k] for i in range(0, len(samples), k)])
