@@ -26,6 +26,10 @@ class UserError(Exception):
 def run_main(fn, *args):
     """Call fn(*args); turn user errors into one line on stderr and exit code 2."""
     quiet_libraries()
+    # torch makes its compile cache ($TMPDIR/torchinductor_<user>) as soon as transformers imports it:
+    # keep it in our cache folder, so a run writes only there and into its output folder.
+    cache = os.environ.get("FOODCAP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "foodcap")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "torchinductor"))
     try:
         return fn(*args)
     except UserError as e:

@@ -51,6 +51,13 @@ def read_csv(path, required=REQUIRED) -> pd.DataFrame:
     raw = path.read_bytes()
     if not raw.strip():
         raise UserError(f"{path} is empty: expected a CSV with columns {', '.join(required)}.")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # "Unicode text" as Excel saves it
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path} starts like UTF-16 text but does not decode as UTF-16.") from None
+    if b"\x00" in raw[:65536]:
+        raise UserError(f"{path} holds binary data, not a CSV text file.")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -65,7 +72,7 @@ def read_csv(path, required=REQUIRED) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        found = ", ".join(map(str, df.columns[:8]))
+        found = ", ".join(str(c)[:40] for c in df.columns[:8])
         header = text.splitlines()[0] if text.splitlines() else ""
         sep = next((f"{d!r}" for d in (";", "\t", "|") if d in header), None)
         hint = f"it looks separated by {sep}, not commas" if sep else "expected a header row with these columns"
@@ -101,6 +108,21 @@ def is_unsafe_name(name) -> bool:
     name = str(name).strip()
     return ("/" in name or "\\" in name or "\x00" in name or name in (".", "..")
             or os.path.isabs(name))
+
+
+def links_outside(images_dir, name) -> bool:
+    """True when `name` in images_dir is a symlink (or other entry) that leads outside the folder."""
+    root = Path(images_dir).resolve()
+    name = str(name).strip()
+    stems = [name] if name.lower().endswith(IMAGE_EXTS) else [name + ext for ext in IMAGE_EXTS]
+    for cand in stems:
+        p = root / cand
+        try:
+            if (p.is_symlink() or p.exists()) and root not in p.resolve().parents:
+                return True
+        except (OSError, RuntimeError):  # a symlink loop
+            return True
+    return False
 
 
 @dataclass
@@ -151,7 +173,8 @@ def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool
         if reason is None and check_images:
             path = resolve_image(images_dir, name)
             if path is None:
-                reason = "missing image"
+                outside = links_outside(images_dir, name)
+                reason = "image outside the images folder" if outside else "missing image"
         if reason:
             skips[reason] += 1
             examples.setdefault(reason, []).append(name or "<blank>")
@@ -160,6 +183,8 @@ def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool
             continue
         seen.add((name, title))
         records.append(Record(name, title, path, _references(title, row.get("References", "")), row))
+    if not records:
+        log(f"{where}no usable rows (of {len(df)}).")
     if skips:
         parts = ", ".join(f"{r}: {n} ({', '.join(examples[r][:3])}{', ...' if n > 3 else ''})"
                           for r, n in skips.items())

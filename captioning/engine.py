@@ -84,7 +84,13 @@ class Run:
 
     def read_log(self) -> list[dict]:
         p = self.dir / "log.jsonl"
-        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+        rows = []
+        for line in p.read_text(errors="replace").splitlines() if p.exists() else []:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill or a full disk
+                continue
+        return rows
 
     def truncate_log(self, epochs_done: int) -> None:
         """Drop log lines of epochs that the checkpoint does not hold (a kill between the two)."""
@@ -256,8 +262,17 @@ def _load_checkpoint(run: Run, model, optimizer, scheduler) -> dict | None:
     latest = run.dir / "checkpoint" / "latest.json"
     if not latest.exists():
         return None
-    ck = run.dir / "checkpoint" / json.loads(latest.read_text())["dir"]
-    weights = load_file(ck / "trainable.safetensors")
+    from .models import _load_errors
+
+    try:
+        ck = run.dir / "checkpoint" / Path(json.loads(latest.read_text())["dir"]).name
+        weights = load_file(ck / "trainable.safetensors")
+        optimizer_state = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
+        state = json.loads((ck / "state.json").read_text())
+    except _load_errors() as e:  # weights_only=True refuses a pickle that holds more than tensors
+        why = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise UserError(f"the checkpoint in {run.dir / 'checkpoint'} is damaged or not ours ({why}); "
+                        "pass --overwrite to start the run again.") from None
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
@@ -265,8 +280,7 @@ def _load_checkpoint(run: Run, model, optimizer, scheduler) -> dict | None:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu"))
-    state = json.loads((ck / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
 
@@ -393,6 +407,9 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
 
 def train_and_evaluate(cfg, recipe: Recipe, datasets: dict, method: str) -> dict:
     """The whole life of a training run: folder, fit, best model on valid and test, metrics.json."""
+    for split, why in (("train", "to train on"), ("valid", "to choose the best epoch")):
+        if datasets.get(split) is None or len(datasets[split]) == 0:
+            raise UserError(f"the {split} split has no usable images; training needs them {why}.")
     accelerator = make_accelerator(cfg)
     run = Run(cfg, method, is_main=accelerator.is_main_process, resume=cfg.resume)
     accelerator.wait_for_everyone()

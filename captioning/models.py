@@ -21,9 +21,30 @@ DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 FREEZE_STRATEGIES = ("none", "vit", "gpt2", "gpt2-last4")
 
 
+def _load_errors() -> tuple:
+    """What from_pretrained raises on a folder or file that is not a usable model: besides the usual
+    OSError/ValueError, pickled weights that torch.load(weights_only=True) refuses to unpickle and
+    safetensors files that are cut short or not safetensors at all."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError)
+
+
 def _load_error(name, e: Exception) -> UserError:
+    import pickle
+
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     p = Path(name)
+    if p.is_file():
+        return UserError(f"{name} is a file, not a model folder; pass a folder written by save_pretrained "
+                         "or a hub id.")
+    if isinstance(e, pickle.UnpicklingError):
+        return UserError(f"refusing to load the weights in {name}: they are a pickle that holds more than "
+                         "tensors (possibly code); use a model saved as safetensors.")
+    if type(e).__name__ == "SafetensorError":
+        return UserError(f"the weights in {name} are damaged or not safetensors ({first[:120]}).")
     if p.exists() and not (p / "config.json").exists():
         return UserError(f"{name} is a folder but holds no model (no config.json); "
                          "pass a folder written by save_pretrained or a hub id.")
@@ -40,14 +61,18 @@ def check_local_or_hub(name: str) -> None:
 
 def load_vit_gpt2(name: str = DEFAULT_MODEL, token: str | None = None):
     """(model, image_processor, tokenizer) from a hub id or a save_pretrained folder."""
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
     check_local_or_hub(name)
     try:
+        kind = AutoConfig.from_pretrained(name, token=token).model_type
+        if kind != "vision-encoder-decoder":
+            raise UserError(f"{name} is a {kind!r} model, not an image captioner (VisionEncoderDecoder) such "
+                            f"as {DEFAULT_MODEL}.")
         model = VisionEncoderDecoderModel.from_pretrained(name, token=token)
         processor = AutoImageProcessor.from_pretrained(name, token=token, backend="pil")
         tokenizer = AutoTokenizer.from_pretrained(name, token=token)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except _load_errors() as e:
         raise _load_error(name, e) from None
     fix_token_ids(model, tokenizer)
     return model, processor, tokenizer

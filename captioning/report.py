@@ -12,11 +12,13 @@ import base64
 import html
 import io
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from .config import UserError, run_main
+from .data import read_csv
 from .metrics import METRIC_KEYS
 
 
@@ -28,10 +30,29 @@ def find_runs(root) -> list[Path]:
 
 
 def _read_json(path: Path, default=None):
+    """A JSON object from path, or `default` (with a warning) when the file is unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    if not isinstance(obj, dict):
+        if path.exists():
+            print(f"warning: {path} is not a readable JSON object; left out.", file=sys.stderr)
         return default
+    return obj
+
+
+def _read_log(path: Path) -> list[dict]:
+    """The epochs of a log.jsonl; lines cut short (a killed run) or without a loss are left out."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and "train_loss" in row:
+            rows.append(row)
+    return rows
 
 
 def results_table(runs: list[Path], root: Path) -> str:
@@ -39,13 +60,14 @@ def results_table(runs: list[Path], root: Path) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 1)]
     for run in runs:
         metrics = _read_json(run / "metrics.json", {})
-        info = metrics.get("info", {})
+        info = metrics.get("info") if isinstance(metrics.get("info"), dict) else {}
         secs = info.get("train_seconds")
+        secs = secs if isinstance(secs, (int, float)) else None
         when = "-" if secs is None else (f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min")
         for split in ("valid", "test"):
-            if split in metrics:
+            if isinstance(metrics.get(split), dict):
                 m = metrics[split]
-                vals = [f"{m.get(k, float('nan')):.3f}" for k in METRIC_KEYS]
+                vals = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "?" for k in METRIC_KEYS]
                 name = str(run.relative_to(root)) if run != root else run.name
                 lines.append("| " + " | ".join([name, info.get("method", "?"), split, *vals, when]) + " |")
     return "\n".join(lines) + "\n"
@@ -80,7 +102,11 @@ def gallery(runs: list[Path], out: Path, n: int = 16) -> Path | None:
         p = run / "predictions.csv"
         if not p.exists():
             continue
-        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        try:
+            df = read_csv(p, required=("Image_Name", "reference", "prediction"))
+        except UserError as e:
+            print(f"warning: {e} The run is left out of the gallery.", file=sys.stderr)
+            continue
         preds[run.name] = df
         cfg = _read_json(run / "config.json", {})
         if images_dir is None and cfg.get("data_dir"):
@@ -115,11 +141,9 @@ def curves(runs: list[Path], out: Path) -> Path | None:
     """curves.png: training loss and the validation metric per epoch, one line per run."""
     logs = {}
     for run in runs:
-        p = run / "log.jsonl"
-        if p.exists():
-            rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-            if rows:
-                logs[run.name] = rows
+        rows = _read_log(run / "log.jsonl")
+        if rows:
+            logs[run.name] = rows
     if not logs:
         return None
     import matplotlib
@@ -130,13 +154,14 @@ def curves(runs: list[Path], out: Path) -> Path | None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in logs.items():
         a.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker=".", label=name)
-        val = [(r["epoch"], r["valid"]["CIDEr"]) for r in rows if "valid" in r]
+        val = [(r["epoch"], r["valid"]["CIDEr"]) for r in rows if "CIDEr" in (r.get("valid") or {})]
         if val:
             b.plot(*zip(*val), marker="o", label=name)
     a.set(title="training loss", xlabel="epoch")
     b.set(title="validation CIDEr", xlabel="epoch")
     a.legend(fontsize=8)
-    b.legend(fontsize=8)
+    if b.lines:  # runs without a validation epoch draw nothing here
+        b.legend(fontsize=8)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=100)

@@ -13,7 +13,7 @@ import re
 
 from .config import UserError
 from .data import ImageError, load_image, load_split, log
-from .models import _load_error, check_local_or_hub
+from .models import _load_error, _load_errors, check_local_or_hub
 from .text import normalize
 
 DEEPSEEK_VL_INSTALL = "pip install git+https://github.com/deepseek-ai/DeepSeek-VL.git"
@@ -83,7 +83,7 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
     check_local_or_hub(name)
     try:
         config = AutoConfig.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except _load_errors() as e:
         raise _load_error(name, e) from None
     cls = model_class(config)
     if cls is None and not (trust_remote_code and getattr(config, "auto_map", None)):
@@ -94,14 +94,14 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
         kwargs["device_map"] = "auto"  # one GPU, or the layers spread over several
     try:
         processor = AutoProcessor.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except _load_errors() as e:
         raise _load_error(name, e) from None
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or not getattr(processor, "chat_template", None):
         raise UserError(f"{name} has no chat template in its processor: it is not a chat model.")
     try:
         model = (cls or AutoModelForImageTextToText).from_pretrained(name, config=config, **kwargs).eval()
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except _load_errors() as e:
         raise _load_error(name, e) from None
     tokenizer.padding_side = "left"  # batched generation continues every row from its last real token
     if tokenizer.pad_token is None:
@@ -160,7 +160,7 @@ def load_deepseek_vl_package(name: str, token: str | None = None, dtype: str = "
     try:
         processor = VLChatProcessor.from_pretrained(name, token=token)
         model = MultiModalityCausalLM.from_pretrained(name, token=token, torch_dtype=pick_dtype(dtype))
-    except (OSError, ValueError, KeyError) as e:
+    except _load_errors() as e:
         raise _load_error(name, e) from None
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor
 

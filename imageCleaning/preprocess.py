@@ -30,7 +30,8 @@ from captioning.data import SPLITS, clean_rows, log, read_csv, split_csv
 
 REPORT_COLUMNS = ["split", "Image_Name", "Title", "reason", "action", "detail"]
 ROW_REASONS = {"empty Image_Name": "missing", "missing image": "missing", "unsafe image name": "unsafe name",
-               "empty title": "bad title", "#NAME? title": "bad title", "duplicate row": "duplicate"}
+               "image outside the images folder": "unsafe name", "empty title": "bad title",
+               "#NAME? title": "bad title", "duplicate row": "duplicate"}
 
 
 @dataclass
