@@ -70,6 +70,8 @@ def main(argv=None):
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     freeze(model, cfg.freeze)
     datasets = pixel_datasets(cfg, processor)
+    if len(datasets["train"]) == 0:  # the CIDEr-D reward needs the training titles
+        raise UserError("the train split has no usable images; training needs them to train on.")
     reward = make_reward(cfg.reward, [r.references for r in datasets["train"].records], cfg.meteor_weight)
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask=True)
     seen = {}  # epoch -> [steps, sum of mean sampled reward, sum of mean baseline]
