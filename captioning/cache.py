@@ -89,7 +89,9 @@ def pixel_cache(records, size: int, resample: int = 2, cache_dir=None, workers: 
         else:
             failed.append((records[i].image_name, err))
     _atomic_save(data, out[: len(kept)])
-    meta.write_text(json.dumps({"kept": kept, "failed": failed}))
+    tmp = meta.with_name(meta.name + f".tmp{os.getpid()}")  # the .json is the commit point: write it last
+    tmp.write_text(json.dumps({"kept": kept, "failed": failed}))
+    os.replace(tmp, meta)
     _report(desc, failed)
     return np.load(data, mmap_mode="r"), [records[i] for i in kept], Counter(r for _, r in failed)
 
