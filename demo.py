@@ -2,8 +2,9 @@
 
 Stages: synthetic data + tiny models -> cleaning (imageCleaning/preprocess, into RUNS_DIR/cleaning;
 later stages use its CSVs) -> direct evaluation of the untrained model (task1_1) ->
-fine-tuning (vit_gpt2_finetuned) -> SCST from its best model (vit_gpt2_finetuned_RL) -> test scores
--> report (table, gallery, curves). Each stage writes its run into RUNS_DIR/<script name>/. The tiny
+fine-tuning (vit_gpt2_finetuned) -> SCST from its best model (vit_gpt2_finetuned_RL) -> task2: the
+fine-tuned ViT frozen + projector + tiny Llama with LoRA (llama_lora), then inference with that run
+(inferllama) -> test scores -> report (table, gallery, curves). Each stage writes its run into RUNS_DIR/<script name>/. The tiny
 models are random-weight stand-ins for the real checkpoints, so the numbers show the pipeline works,
 not how good the real models are.
 
@@ -31,6 +32,10 @@ TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "40", "--restart
 # SCST from the fine-tuned tiny model: one short epoch, the tiny model's lr (a checkpoint wants ~1e-5).
 TINY_SCST = ["--lr", "5e-4", "--batch-size", "32", "--epochs", "1", "--restart-epochs", "1",
              "--patience", "0", "--workers", "0", "--preset", "greedy"]
+# task2 on the tiny Llama: LoRA + projector at a tiny model's lr; 4x4 pooled image tokens keep steps short.
+TINY_LLAMA = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "12", "--restart-epochs", "12",
+              "--eval-every", "6", "--patience", "0", "--workers", "0", "--preset", "greedy", "--pool", "4x4",
+              "--max-new-tokens", "16"]
 
 
 def load_script(relpath: str):
@@ -116,6 +121,15 @@ def main(argv=None):
     torch.set_num_threads(1)  # tiny ops gain nothing from 2 threads; on a busy CPU they run ~10x slower
     demo.stage("deepseek", "task2/deepseek.py", "--model", str(models / "deepseek-vl"), "--limit", "48",
                "--max-new-tokens", "12")
+    torch.set_num_threads(threads)
+
+    # task2: the encoder fine-tuned in task1, frozen (features cached) + projector + tiny Llama with LoRA
+    vision = runs / "vit_gpt2_finetuned" / "best"
+    torch.set_num_threads(1)
+    demo.stage("llama_lora", "task2/train.py", "--model", str(models / "llama"),
+               "--vision-model", str(vision if vision.exists() else models / "vit"), *TINY_LLAMA)
+    demo.stage("inferllama", "task2/inferllama.py", "--run", str(runs / "llama_lora"), "--preset", "greedy",
+               "--max-new-tokens", "16", "--workers", "0")
     torch.set_num_threads(threads)
 
     from captioning.report import report

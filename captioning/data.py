@@ -208,6 +208,20 @@ def load_split(data_dir, split: str, images_dir=None, check_images: bool = True)
     return clean_rows(df, images_dir, where=f"{split}: ", check_images=check_images)
 
 
+def folder_records(images_dir) -> list[Record]:
+    """Records (no title) of every .jpg/.jpeg/.png directly inside a folder, sorted by name:
+    for captioning new photos. Symlinks that lead outside the folder are left out."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise UserError(f"images folder {images_dir} does not exist.")
+    names = sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    paths = [(n, resolve_image(images_dir, n)) for n in names]
+    records = [Record(n, "", p, [""]) for n, p in paths if p is not None]
+    if not records:
+        raise UserError(f"{images_dir} holds no .jpg, .jpeg or .png images.")
+    return records
+
+
 # --------------------------------------------------------------------------------------- images
 def load_image(path) -> Image.Image:
     """Open any image as 8-bit RGB, EXIF-oriented. Raises ImageError with a short reason."""

@@ -242,6 +242,90 @@ def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE):
 MODEL_BUILDERS = {"vit-gpt2": build_tiny_vit_gpt2}
 
 
+def llama_style_tokenizer(texts, vocab_size: int = 400):
+    """A byte-level BPE trained on `texts`, with Llama 3's special tokens: a BOS added in front of
+    every encoded text, a separate EOS, and no pad token (as meta-llama/Llama-3.2-1B ships)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    backend = train_tokenizer(texts, vocab_size=vocab_size).backend_tokenizer
+    backend.add_special_tokens([bos, eos])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos)
+
+
+def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60):
+    """A tiny LlamaForCausalLM (64-dim, 2 layers, grouped-query attention, tied embeddings like Llama 3.2)
+    with its own Llama-style tokenizer trained on every synthetic caption and the task2 prompt.
+
+    Like the real Llama, it has read text before it sees an image: `pretrain_steps` steps of plain
+    language modelling on the texts (~1 s) teach it the words and grammar of captions, never an
+    image. A random language model under a frozen-base LoRA adapter would have to learn the language
+    through the adapter too, which a real LoRA run never does. (`tokenizer`, the shared GPT-2-style
+    one, is not used: a Llama has its own.)"""
+    import itertools
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    texts = [caption_for(f, c, k, col) for f, c, k, col in itertools.product(
+        range(len(FOODS)), range(1, 5), ("plate", "bowl"), CONTAINER_COLOURS)]
+    texts.append("The name of the dish in the image is:")
+    tok = llama_style_tokenizer(texts)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    # At 64 dims the default init (std 0.02) caps every logit near +-1 through the tied head;
+    # a trained Llama's logits span tens.
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.2)
+    seqs = [tok(" " + t)["input_ids"] + [tok.eos_token_id] for t in texts]  # BOS text EOS
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [tok.eos_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small only contend for a second core (10x slower on a busy CPU)
+    try:
+        for _ in range(pretrain_steps):
+            i = torch.randint(len(seqs), (64,))
+            labels = ids[i].masked_fill(mask[i] == 0, -100)
+            model(input_ids=ids[i], attention_mask=mask[i], labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return model
+
+
+def build_tiny_vit(out_dir, tokenizer=None, image_size: int = SIZE):
+    """A tiny random ViTModel (64 px, patch 8, 64-dim, 2 layers) + ViTImageProcessor: the stand-in for
+    google/vit-base-patch16-224-in21k as a frozen task2 image encoder."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    torch.manual_seed(1)
+    cfg = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=256)
+    model = ViTModel(cfg)  # with its pooler, as the hub checkpoint has one
+    model.save_pretrained(out_dir)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(out_dir)
+    return model
+
+
+MODEL_BUILDERS["llama"] = build_tiny_llama
+MODEL_BUILDERS["vit"] = build_tiny_vit
+
+
 # A DeepSeek-style chat format, "User: <image placeholders>question\n\nAssistant:" (real models ship theirs).
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'system' %}"

@@ -1,0 +1,89 @@
+"""Task 2 inference: caption images with a trained task2 run (LoRA adapter + projector) and score them.
+
+Rebuilds the captioner from the run (base Llama + adapter + projector), checks that the frozen image
+encoder still has the weights the adapter was trained on, reads its features from the feature cache
+(computing only what is missing), and captions in batches. On a split it writes predictions.csv and
+metrics.json; on a folder of new photos (--images) it writes predictions.csv only.
+
+    python task2/inferllama.py --run runs/llama_lora --data-dir data --output-dir runs/inferllama
+    python task2/inferllama.py --run runs/llama_lora --images my_photos/ --output-dir runs/my_photos
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # so `python task2/inferllama.py` and demo.load_script both find the modules
+    sys.path.insert(0, _HERE)
+
+import torch  # noqa: E402
+
+from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
+from captioning.cache import encoder_fingerprint, feature_cache, feature_datasets  # noqa: E402
+from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main  # noqa: E402
+from captioning.data import CaptionDataset, folder_records  # noqa: E402
+from captioning.engine import Run, evaluate_splits, generate_split, print_metrics  # noqa: E402
+from vision import load_vision  # noqa: E402
+
+
+@dataclass
+class Config(RunConfig):
+    # The trained task2 run (its best/ is used), or a folder holding anymodal.json
+    run: str = "runs/llama_lora"
+    # Which split to caption and score: "test", "valid" or "both"
+    split: str = choice("test", "valid", "both")
+    # Caption every image in this folder instead of a split (no references, so no scores)
+    images: str = ""
+    # Base LLM under the adapter (empty: the one the run recorded; set it when the run moved machines)
+    model: str = ""
+    # The frozen image encoder (empty: the one the run recorded; it must have the same weights)
+    vision_model: str = ""
+    output_dir: str = "runs/inferllama"
+    # Images captioned per batch
+    batch_size: int = 32
+
+
+def main(argv=None):
+    cfg = parse_config(Config, argv, __doc__)
+    token = hf_token(cfg.hf_token)
+    if not Path(cfg.run).is_dir():
+        raise UserError(f"run folder {cfg.run} does not exist; pass --run with a folder written by "
+                        "task2/train.py.")
+    model = AnyModalCaptioner.load(cfg.run, token, cfg.model or None)
+    vision = cfg.vision_model or model.settings["vision_model"]
+    encoder, processor = load_vision(vision, token)
+    fingerprint = encoder_fingerprint(encoder)
+    if fingerprint != model.settings.get("vision_fingerprint", fingerprint):
+        raise UserError(f"the image encoder {vision} no longer has the weights {cfg.run} was trained on; "
+                        "its captions would be meaningless (pass --vision-model with the original encoder).")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder, model = encoder.to(device), model.to(device)
+    run = Run(cfg, f"inferllama ({Path(cfg.run).name}, {cfg.preset})")
+    caption = anymodal_recipe(model, cfg, token).caption
+    metrics = {}
+    if cfg.images:
+        records = folder_records(cfg.images)
+        arr, kept, _ = feature_cache(records, processor, encoder, cfg.cache_dir or None, cfg.workers,
+                                     desc="images", encoder_key=fingerprint)
+        dataset = CaptionDataset(kept, arr, key="features")
+        predictions = generate_split(caption, model, dataset, cfg, cfg.preset, device, "captioning")
+        run.write_predictions(kept, predictions)
+        for record, text in list(zip(kept, predictions))[:10]:
+            print(f"{record.image_name}: {text}")
+    else:
+        splits = ("valid", "test") if cfg.split == "both" else (cfg.split,)
+        datasets = feature_datasets(cfg, processor, encoder, splits, encoder_key=fingerprint)
+        metrics = evaluate_splits(run, cfg, caption, model, datasets, device)
+        eos = {"captions": model.stats["captions"],
+               "ended_with_eos": model.stats["ended_with_eos"] / max(1, model.stats["captions"])}
+        info = {"method": run.method, "preset": cfg.preset, "trained_run": str(Path(cfg.run).resolve()),
+                **eos}
+        run.write_json("metrics.json", {**metrics, "info": info})
+        print_metrics(run.method, metrics)
+    print(f"{model.stats['ended_with_eos']} of {model.stats['captions']} captions ended with EOS "
+          f"(the rest reached --max-new-tokens {cfg.max_new_tokens}); written to {run.dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
