@@ -28,6 +28,7 @@ if _HERE not in sys.path:  # task2's modules import each other, however the scri
 from captioning.config import UserError  # noqa: E402
 from captioning.engine import Recipe  # noqa: E402
 from captioning.generation import decode, generation_kwargs  # noqa: E402
+from captioning.models import _load_errors  # noqa: E402
 from llm import get_llm  # noqa: E402
 from vision import Projector  # noqa: E402
 
@@ -128,14 +129,22 @@ class AnyModalCaptioner(nn.Module):
         if not (folder / SETTINGS_FILE).exists():
             raise UserError(f"{folder} is not a trained task2 captioner (no {SETTINGS_FILE}); "
                             "pass a run folder written by task2/train.py.")
-        settings = json.loads((folder / SETTINGS_FILE).read_text())
+        try:
+            settings = json.loads((folder / SETTINGS_FILE).read_text())
+            projector = Projector(**settings["projector"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{folder / SETTINGS_FILE} is damaged ({type(e).__name__}: {e}).") from None
         llm, _ = get_llm(llm_name or settings["llm"], token, settings.get("llm_dtype", "float32"))
-        llm = PeftModel.from_pretrained(llm, folder / "adapter")
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        try:
+            llm = PeftModel.from_pretrained(llm, folder / "adapter")
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+            projector.load_state_dict(load_file(folder / "projector.safetensors"))
+        except (*_load_errors(), RuntimeError) as e:  # RuntimeError: tensors of the wrong shape
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"the trained captioner in {folder} is incomplete or damaged "
+                            f"({first[:160]}).") from None
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        projector = Projector(**settings["projector"])
-        projector.load_state_dict(load_file(folder / "projector.safetensors"))
         return cls(llm, tokenizer, projector, settings).eval()
 
 

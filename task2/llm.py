@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from captioning.config import UserError
-from captioning.models import _load_error, check_local_or_hub
+from captioning.models import _load_error, _load_errors, check_local_or_hub
 
 DEFAULT_LLM = "meta-llama/Llama-3.2-1B"
 # Every linear layer of the Llama blocks gets an adapter (attention and MLP).
@@ -40,7 +40,7 @@ def get_llm(name: str = DEFAULT_LLM, token: str | None = None, dtype: str = "flo
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, token=token)
         model = AutoModelForCausalLM.from_pretrained(name, token=token, dtype=DTYPES[dtype])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except _load_errors() as e:  # includes refused pickles and damaged safetensors
         text = str(e).lower()
         if any(w in text for w in ("gated", "401", "403", "restricted")):
             raise UserError(f"{name} is gated on the Hugging Face hub: accept its licence on the model page "

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from captioning.config import UserError
-from captioning.models import _load_error, check_local_or_hub
+from captioning.models import _load_error, _load_errors, check_local_or_hub
 
 DEFAULT_VISION = "google/vit-base-patch16-224-in21k"
 # Which image tokens reach the LLM (Projector.pool):
@@ -38,7 +38,7 @@ def load_vision(name: str = DEFAULT_VISION, token: str | None = None):
     if path.is_dir() and not (path / "config.json").exists() and (path / "best" / "config.json").exists():
         name = str(path / "best")  # a task1 run folder: the encoder of its best epoch
     check_local_or_hub(name)
-    errors = (OSError, ValueError, KeyError, TypeError)
+    errors = _load_errors()  # includes refused pickles and damaged safetensors
     try:
         config = AutoConfig.from_pretrained(name, token=token)
     except errors as e:

@@ -283,3 +283,14 @@ def test_bad_vision_model_exits_2(synth, tmp_path):
         load_vision(str(synth / "images"))
     with pytest.raises(UserError, match="not an image encoder"):
         load_vision(str(synth / "models" / "llama"))
+
+
+def test_a_damaged_trained_run_is_one_sentence(trained, tmp_path):
+    model, _, _ = trained
+    model.save(tmp_path / "best")
+    (tmp_path / "best" / "projector.safetensors").write_bytes(b"\x00" * 32)
+    with pytest.raises(UserError, match="incomplete or damaged"):
+        AnyModalCaptioner.load(tmp_path)
+    (tmp_path / "best" / "anymodal.json").write_text("{not json")
+    with pytest.raises(UserError, match="damaged"):
+        AnyModalCaptioner.load(tmp_path)
