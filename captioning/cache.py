@@ -106,10 +106,14 @@ def _report(desc, failed):
         log(f"{desc}: skipped {len(failed)} unreadable image(s): {names}")
 
 
-def pixel_datasets(cfg, processor, splits=("train", "valid", "test")) -> dict:
+def pixel_datasets(cfg, processor, splits=("train", "valid", "test"), encoder=None) -> dict:
     """One CaptionDataset per split, from the layout in cfg.data_dir/cfg.images_dir, via the pixel cache.
 
-    cfg.limit > 0 keeps the first N rows of each split (quick checks)."""
+    cfg.limit > 0 keeps the first N rows of each split (quick checks). With `encoder` (a frozen
+    one, e.g. the ViT of a ViT-GPT2 under --freeze vit), the items hold its outputs instead of pixels,
+    from the feature cache (feature_datasets): the encoder runs once per image, ever."""
+    if encoder is not None:
+        return feature_datasets(cfg, processor, encoder, splits)
     from .models import processor_size
 
     size, resample = processor_size(processor), int(getattr(processor, "resample", 2) or 2)

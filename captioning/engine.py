@@ -151,12 +151,28 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n
 
 
+def precision(cfg) -> str:
+    """cfg.mixed_precision resolved: "auto" is bf16 on a GPU that supports it, else "no" (fp32).
+    On a CPU with native bf16 (AVX512-BF16, AMX), --mixed-precision bf16 trains several times faster."""
+    mp = getattr(cfg, "mixed_precision", "auto")
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mp
+
+
+def make_adamw(params, cfg):
+    """AdamW fused into one kernel where torch has one for these parameters (the same update; on a CPU
+    several times faster than the per-tensor default), else the default implementation."""
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_accelerator(cfg, project_dir=None):
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
-    mp = cfg.mixed_precision if hasattr(cfg, "mixed_precision") else "auto"
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    mp = precision(cfg)
     kwargs = {}
     report = getattr(cfg, "report_to", "none")
     if report != "none":
@@ -166,6 +182,11 @@ def make_accelerator(cfg, project_dir=None):
         if importlib.util.find_spec(pkg) is None:
             raise UserError(f"--report-to {report} needs the {pkg} package: pip install {pkg}.")
         kwargs.update(log_with=report, project_dir=str(project_dir))
+    # Several processes (accelerate launch, torchrun) on a machine without a GPU join one gloo group
+    # only when accelerate is told cpu=True; otherwise each would train alone on all the data.
+    acc = getattr(torch, "accelerator", None)
+    no_device = not (acc.is_available() if acc is not None else torch.cuda.is_available())
+    kwargs["cpu"] = no_device and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
         mixed_precision=mp, gradient_accumulation_steps=getattr(cfg, "grad_accum", 1),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -192,14 +213,17 @@ def _frozen_children_to_eval(model) -> None:
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def generate_split(caption_fn, model, dataset, cfg, preset: str, device, desc: str, collate_fn=collate):
-    """Free-running captions for every item of `dataset`, in order, batched."""
+    """Free-running captions for every item of `dataset`, in order, batched (in bf16/fp16 autocast when
+    the run trains in it: precision(cfg))."""
     model.eval()
     _set_seed(cfg.seed)  # nucleus sampling is reproducible
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                                          collate_fn=collate_fn, num_workers=0)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(cfg))
     preds = []
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1):
-        preds.extend(caption_fn(model, to_device(batch, device), preset))
+        with torch.autocast(torch.device(device).type, dtype=half, enabled=half is not None):
+            preds.extend(caption_fn(model, to_device(batch, device), preset))
     return preds
 
 
@@ -316,7 +340,7 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: every parameter is frozen.")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_adamw(params, cfg)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs

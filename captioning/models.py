@@ -161,6 +161,8 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
 
     decoder_mask=True also passes the decoder attention mask (padding never feeds the decoder).
     `loss(model, batch, state)` replaces the default cross-entropy (scheduled sampling, SCST, ...).
+    Batches hold "pixels" (the pixel cache) or, for a frozen ViT, "features": its cached outputs,
+    which the decoder reads as `encoder_outputs` without running the encoder.
     """
     from .engine import Recipe
     from .generation import caption_pixels
@@ -170,14 +172,29 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
     def pixel_values(batch):
         return norm(batch["pixels"])
 
+    def encoder_inputs(batch) -> dict:
+        """The frozen encoder's cached outputs when the batch holds them (cache.pixel_datasets with an
+        encoder), else the pixels, which the encoder then runs on."""
+        if "features" in batch:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            # a fresh object per call: generate expands encoder_outputs in place for beams
+            return {"encoder_outputs": BaseModelOutput(last_hidden_state=batch["features"].float())}
+        return {"pixel_values": pixel_values(batch)}
+
     def xent(model, batch, state=None):
         labels, mask = encode_targets(tokenizer, batch["caption"], getattr(cfg, "max_length", 32))
-        device = batch["pixels"].device
-        out = model(pixel_values=pixel_values(batch), labels=labels.to(device),
+        device = batch["features" if "features" in batch else "pixels"].device
+        out = model(**encoder_inputs(batch), labels=labels.to(device),
                     decoder_attention_mask=mask.to(device) if decoder_mask else None)
         return out.loss
 
     def caption(model, batch, preset):
+        if "features" in batch:
+            from .generation import decode, generation_kwargs
+
+            out = model.generate(**encoder_inputs(batch), **generation_kwargs(preset, cfg.max_new_tokens))
+            return decode(tokenizer, out)
         return caption_pixels(model, pixel_values(batch), tokenizer, preset, cfg.max_new_tokens)
 
     def save(model, folder):
@@ -190,4 +207,5 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
 
     recipe = Recipe(model=model, loss=loss or xent, caption=caption, save=save, load=load)
     recipe.pixel_values, recipe.xent = pixel_values, xent  # for recipes that build on them
+    recipe.encoder_inputs = encoder_inputs
     return recipe

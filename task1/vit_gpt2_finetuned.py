@@ -2,11 +2,14 @@
 
 AdamW with cosine warm restarts, validation by free-running generation, early stopping on a
 validation metric, resumable checkpoints. The best epoch is scored once on the test split.
+With --freeze vit the frozen ViT runs once per image, ever: the decoder trains on its cached outputs.
 
     python task1/vit_gpt2_finetuned.py --data-dir data --freeze vit --output-dir runs/finetuned_vit
     accelerate launch task1/vit_gpt2_finetuned.py ...      # several GPUs
 """
 from dataclasses import dataclass
+
+import torch
 
 from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
@@ -30,7 +33,9 @@ def main(argv=None):
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     counts = freeze(model, cfg.freeze)
     print(f"freeze={cfg.freeze}: {counts['trainable']:,} of {counts['total']:,} parameters train")
-    datasets = pixel_datasets(cfg, processor)
+    # a frozen ViT's outputs come from the feature cache (computed on the GPU if there is one)
+    encoder = model.encoder.to("cuda" if torch.cuda.is_available() else "cpu") if cfg.freeze == "vit" else None
+    datasets = pixel_datasets(cfg, processor, encoder=encoder)
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
     return train_and_evaluate(cfg, recipe, datasets, f"vit_gpt2_finetuned (freeze {cfg.freeze})")
 

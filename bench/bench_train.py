@@ -1,0 +1,352 @@
+"""ViT-GPT2 training and evaluation speed: this project against the original's approach (bench/baselines).
+
+    python bench/bench_train.py            # about 4 minutes on 2 quiet cores
+    python bench/bench_train.py --quick    # a tiny model: checks the plumbing in seconds
+
+Model: a VisionEncoderDecoder built from configs with random weights, the real architecture at reduced
+depth: ViT 224 px, patch 16, width 768, 12 heads, MLP 3072 (ViT-B) with ENC_LAYERS layers, and GPT-2
+width 768, 12 heads, vocabulary 50257 with DEC_LAYERS cross-attending layers. Data: synthetic dishes
+saved as JPEGs at the Kaggle photos' 274x169 px, their titles as captions, a validation split one
+eighth of the training split (the 80/10/10 split).
+
+Both sides start from the same weights and train on the same images with the same targets.
+  ours      the recipe script itself (task1/vit_gpt2_finetuned.py main(), engine.fit timed): pixel
+            cache (or, with --freeze vit, the frozen encoder's feature cache), DataLoader workers,
+            fused AdamW, greedy batched validation every epoch, checkpoint every epoch, and bf16
+            autocast when the CPU computes bf16 natively (--mixed-precision bf16; fp32 otherwise)
+  original  bench/baselines/original.py: decode + image processor per item, no workers, full
+            precision, beam-search validation one image at a time after every epoch
+An epoch is the training pass plus that epoch's validation (captioning + scoring) on both sides;
+ours also pays its checkpoint. The one-time cost before ours' first epoch (loading, building the
+caches) is reported apart. Evaluation: captions per second of beam search (4 beams), ours as a
+training run's final test evaluation (batched, in the run's precision) from a cold pixel cache (its
+build included), the original one image at a time in fp32.
+Utilisation: FLOPs of one training step (torch's FLOP counter: matmuls and attention) times steps
+per second, as a share of this machine's measured matmul FLOP/s at the step's precision.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PHOTO_SIZE = (274, 169)  # the Kaggle dataset's photos
+
+
+@dataclass
+class Size:
+    image: int = 224
+    patch: int = 16
+    width: int = 768
+    heads: int = 12
+    mlp: int = 3072
+    enc_layers: int = 2
+    dec_layers: int = 2
+    vocab: int = 50257
+    train: int = 96  # training images (an epoch)
+    valid: int = 12  # validation images (train / 8)
+    eval: int = 32  # images captioned for the evaluation speed
+    batch: int = 16
+    eval_batch: int = 32
+    epochs: int = 2  # epochs of ours (the first pays the warm-up); the original runs one after a warm-up step
+    max_new_tokens: int = 24
+
+
+QUICK = Size(image=32, patch=8, width=32, heads=2, mlp=64, enc_layers=1, dec_layers=1, vocab=600, train=24,
+             valid=4, eval=4, batch=8, eval_batch=4, epochs=1, max_new_tokens=6)
+
+
+# --------------------------------------------------------------------------------------- set-up
+def make_photos(folder: Path, size: Size, seed: int = 0) -> list[str]:
+    """JPEG dishes at the Kaggle photos' size in the standard layout (a 2-image test split for the
+    training runs' final evaluation) and FOLDER/eval/test_data.csv for the evaluation speed; returns
+    every title."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from captioning.synthetic import draw_dish
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    titles = []
+    (folder / "eval").mkdir(exist_ok=True)
+    for split, n in (("train", size.train), ("valid", size.valid), ("test", 2), ("eval/test", size.eval)):
+        rows = []
+        for i in range(n):
+            dish, title = draw_dish(rng)
+            im = dish.resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+            noise = rng.normal(0, 4, (PHOTO_SIZE[1], PHOTO_SIZE[0], 3))
+            im = Image.fromarray(np.clip(np.asarray(im, dtype=float) + noise, 0, 255).astype(np.uint8))
+            name = f"{split.replace('/', '-')}-{i:04d}"
+            im.save(folder / "images" / f"{name}.jpg", quality=90)
+            rows.append({"Title": title, "Image_Name": name})
+            titles.append(title)
+        pd.DataFrame(rows).to_csv(folder / f"{split}_data.csv", index=False)
+    return titles
+
+
+def build_model(folder: Path, size: Size, titles) -> Path:
+    """Random ViT-GPT2 of `size`, saved with a tokenizer and image processor like a hub checkpoint."""
+    import torch
+    from transformers import (GPT2Config, ViTConfig, ViTImageProcessorPil, VisionEncoderDecoderConfig,
+                              VisionEncoderDecoderModel)
+
+    from captioning.synthetic import train_tokenizer
+
+    tokenizer = train_tokenizer(titles)
+    tid = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    enc = ViTConfig(image_size=size.image, patch_size=size.patch, hidden_size=size.width,
+                    num_hidden_layers=size.enc_layers, num_attention_heads=size.heads, intermediate_size=size.mlp)
+    dec = GPT2Config(vocab_size=max(size.vocab, len(tokenizer)), n_positions=1024, n_embd=size.width,
+                     n_layer=size.dec_layers, n_head=size.heads, add_cross_attention=True, is_decoder=True,
+                     bos_token_id=tid, eos_token_id=tid)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = cfg.bos_token_id = tid
+    model = VisionEncoderDecoderModel(config=cfg)
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, tid)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": size.image, "width": size.image}, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3, resample=2).save_pretrained(folder)
+    return folder
+
+
+def native_bf16() -> bool:
+    """Whether this machine multiplies bf16 matrices natively (a bf16 GPU, or AVX512-BF16 / AMX)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 6) -> float:
+    """This machine's best measured FLOP/s of an n x n matrix product."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def step_flops(model_dir: Path, captions, size: Size) -> float:
+    """FLOPs of one full fine-tuning step (forward + backward) at batch `size.batch`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from captioning.models import encode_targets, load_vit_gpt2
+
+    model, _, tokenizer = load_vit_gpt2(str(model_dir))
+    model.train()
+    labels, _ = encode_targets(tokenizer, captions[: size.batch])
+    pixels = torch.randn(len(labels), 3, size.image, size.image)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixels, labels=labels).loss.backward()
+    return float(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------------------ ours
+@contextlib.contextmanager
+def timed_fit(record: dict):
+    """Time captioning.engine.fit (the epochs: training, validation, checkpoints) inside a script's main()."""
+    from captioning import engine
+
+    original = engine.fit
+
+    def fit(*args, **kwargs):
+        record["fit_start"] = time.perf_counter()
+        out = original(*args, **kwargs)
+        record["fit_seconds"] = time.perf_counter() - record["fit_start"]
+        return out
+
+    engine.fit = fit
+    try:
+        yield record
+    finally:
+        engine.fit = original
+
+
+def ours_epoch(model_dir: Path, data: Path, out: Path, size: Size, freeze: str, precision: str) -> dict:
+    """Run task1/vit_gpt2_finetuned.py main() for size.epochs epochs; seconds per epoch and set-up."""
+    from demo import load_script
+
+    script = load_script("task1/vit_gpt2_finetuned.py")
+    argv = ["--model", str(model_dir), "--data-dir", str(data), "--output-dir", str(out), "--overwrite",
+            "--cache-dir", str(out.parent / f"cache-{out.name}"), "--epochs", str(size.epochs),
+            "--batch-size", str(size.batch), "--lr", "1e-4", "--freeze", freeze, "--mixed-precision", precision,
+            "--workers", "2", "--eval-every", "1", "--eval-preset", "greedy", "--preset", "greedy",
+            "--max-new-tokens", str(size.max_new_tokens), "--patience", "0"]
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # one process runs several precisions; accelerate keeps one state
+    record: dict = {}
+    with timed_fit(record), contextlib.redirect_stdout(io.StringIO()):  # the script's own report is not ours
+        t0 = time.perf_counter()
+        script.main(argv)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    steps = math.ceil(size.train / size.batch)
+    return {"epoch_seconds": record["fit_seconds"] / size.epochs, "setup_seconds": record["fit_start"] - t0,
+            "train_step_seconds": log[-1]["seconds"] / steps, "losses": [r["train_loss"] for r in log]}
+
+
+def ours_eval(model_dir: Path, data: Path, out: Path, size: Size, precision: str) -> dict:
+    """Captions per second of the project's evaluation path (a training run's final test evaluation:
+    engine.generate_split, in the run's precision) from a cold pixel cache, batched beam search."""
+    import torch
+
+    from captioning.cache import pixel_datasets
+    from captioning.engine import generate_split
+    from captioning.models import load_vit_gpt2, vit_gpt2_recipe
+    from demo import load_script
+
+    cfg = load_script("task1/vit_gpt2_finetuned.py").Config(
+        model=str(model_dir), data_dir=str(data / "eval"), images_dir=str(data / "images"), output_dir=str(out),
+        cache_dir=str(out / "cache"), batch_size=size.eval_batch, preset="beam", max_new_tokens=size.max_new_tokens,
+        workers=2, mixed_precision=precision)
+    model, processor, tokenizer = load_vit_gpt2(cfg.model)
+    recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
+    t0 = time.perf_counter()
+    test = pixel_datasets(cfg, processor, ("test",))["test"]
+    caps = generate_split(recipe.caption, model, test, cfg, "beam", torch.device("cpu"), "captioning")
+    seconds = time.perf_counter() - t0
+    return {"captions_per_second": len(caps) / seconds, "captions": caps}
+
+
+# -------------------------------------------------------------------------------- original
+def original_epoch(model_dir: Path, data: Path, size: Size, freeze: str) -> dict:
+    """One epoch the original's way (after one untimed warm-up step): training pass + validation."""
+    import torch
+
+    from baselines.original import caption_one_at_a_time, train_epoch, train_loader
+    from captioning.data import load_split
+    from captioning.metrics import evaluate_captions
+    from captioning.models import freeze as apply_freeze
+    from captioning.models import load_vit_gpt2
+
+    model, processor, tokenizer = load_vit_gpt2(str(model_dir))
+    apply_freeze(model, freeze)
+    train, _ = load_split(data, "train")
+    valid, _ = load_split(data, "valid")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    train_epoch(model, train_loader(train, processor, size.batch, seed=1), optimizer, tokenizer, max_steps=1)
+    t0 = time.perf_counter()
+    losses = train_epoch(model, train_loader(train, processor, size.batch), optimizer, tokenizer)
+    t_train = time.perf_counter() - t0
+    preds = caption_one_at_a_time(model, valid, processor, tokenizer, "beam", size.max_new_tokens)
+    evaluate_captions(preds, [r.references for r in valid])
+    seconds = time.perf_counter() - t0
+    return {"epoch_seconds": seconds, "train_step_seconds": t_train / len(losses),
+            "validation_seconds": seconds - t_train}
+
+
+def original_eval(model_dir: Path, data: Path, size: Size) -> dict:
+    from baselines.original import caption_one_at_a_time
+    from captioning.data import load_split
+    from captioning.models import load_vit_gpt2
+
+    model, processor, tokenizer = load_vit_gpt2(str(model_dir))
+    test, _ = load_split(data / "eval", "test", data / "images")
+    t0 = time.perf_counter()
+    caps = caption_one_at_a_time(model, test, processor, tokenizer, "beam", size.max_new_tokens)
+    return {"captions_per_second": len(caps) / (time.perf_counter() - t0), "captions": caps}
+
+
+# ------------------------------------------------------------------------------------- run
+def run(size: Size | None = None, quick: bool = False, fp32_row: bool = True, log=print) -> dict:
+    """Every measurement of this file, side by side; returns the figures (see the module docstring)."""
+    from captioning.config import quiet_libraries
+    from captioning.metrics import evaluate_captions
+
+    size = size or (QUICK if quick else Size())
+    quiet_libraries()
+    precision = "bf16" if native_bf16() else "no"
+    res: dict = {"size": asdict(size), "precision": precision}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        tmp = Path(tmp)
+        titles = make_photos(tmp / "data", size)
+        model_dir = build_model(tmp / "model", size, titles)
+        evaluate_captions(["a dish"], ["a dish"])  # warm: one long-lived METEOR process for both sides, the
+        # Java tokenizer's first start and the imports are paid before any timing
+
+        log("  full fine-tuning: the original's approach ...")
+        base_full = original_epoch(model_dir, tmp / "data", size, "none")
+        log(f"    {base_full['epoch_seconds']:.1f} s per epoch; ours ({precision}) ...")
+        ours_full = ours_epoch(model_dir, tmp / "data", tmp / "ours-full", size, "none", precision)
+        log(f"    {ours_full['epoch_seconds']:.1f} s per epoch")
+        res["finetune_epoch_speedup"] = base_full["epoch_seconds"] / ours_full["epoch_seconds"]
+        res["finetune"] = {"original": base_full, "ours": ours_full}
+        if fp32_row and precision != "no":
+            log("    ours in fp32 (what the caches and batching give without bf16) ...")
+            ours_fp32 = ours_epoch(model_dir, tmp / "data", tmp / "ours-fp32", size, "none", "no")
+            res["finetune"]["ours_fp32"] = ours_fp32
+            res["finetune_epoch_speedup_fp32"] = base_full["epoch_seconds"] / ours_fp32["epoch_seconds"]
+
+        log("  frozen encoder (--freeze vit): the original's approach ...")
+        base_frozen = original_epoch(model_dir, tmp / "data", size, "vit")
+        log(f"    {base_frozen['epoch_seconds']:.1f} s per epoch; ours ...")
+        ours_frozen = ours_epoch(model_dir, tmp / "data", tmp / "ours-frozen", size, "vit", precision)
+        log(f"    {ours_frozen['epoch_seconds']:.1f} s per epoch")
+        res["frozen_epoch_speedup"] = base_frozen["epoch_seconds"] / ours_frozen["epoch_seconds"]
+        res["frozen"] = {"original": base_frozen, "ours": ours_frozen}
+
+        log("  evaluation (beam search, 4 beams) ...")
+        base_eval = original_eval(model_dir, tmp / "data", size)
+        ours_ev = ours_eval(model_dir, tmp / "data", tmp / "ours-eval", size, precision)
+        res["eval_speedup"] = ours_ev["captions_per_second"] / base_eval["captions_per_second"]
+        res["eval"] = {"original_captions_per_second": base_eval["captions_per_second"],
+                       "ours_captions_per_second": ours_ev["captions_per_second"],
+                       "same_captions": base_eval["captions"] == ours_ev["captions"]}
+
+        log("  utilisation ...")
+        flops = step_flops(model_dir, titles, size)
+        peak = matmul_flops("bfloat16" if precision == "bf16" else "float32")
+        peak32 = peak if precision == "no" else matmul_flops("float32")
+        achieved = flops / ours_full["train_step_seconds"]
+        res["utilisation"] = achieved / peak
+        res["flops"] = {"step_flops": flops, "ours_achieved_flops": achieved, "matmul_peak_flops": peak,
+                        "matmul_peak_flops_fp32": peak32,
+                        "original_achieved_flops": flops / base_full["train_step_seconds"],
+                        "original_utilisation": flops / base_full["train_step_seconds"] / peak32}
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few images: checks the plumbing")
+    p.add_argument("--no-fp32-row", action="store_true", help="skip ours in fp32 (when bf16 is used)")
+    a = p.parse_args(argv)
+    res = run(quick=a.quick, fp32_row=not a.no_fp32_row)
+    for key in ("finetune_epoch_speedup", "finetune_epoch_speedup_fp32", "frozen_epoch_speedup", "eval_speedup",
+                "utilisation"):
+        if key in res:
+            print(f"{key}: {res[key]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

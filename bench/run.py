@@ -1,0 +1,274 @@
+"""`make bench`: every benchmark in bench/ against the original's approach, as one table of ratios.
+
+    python bench/run.py                      # everything (about 10 minutes on 2 quiet cores)
+    python bench/run.py --only train,ocr     # some of them
+    python bench/run.py --quick --out /tmp/b # tiny sizes: checks the plumbing, not the speed
+
+Each ratio is measured side by side in this one run, on the same data, model size and machine:
+  bench_train   ViT-GPT2 epochs (full fine-tuning, frozen encoder), evaluation captions/s, utilisation
+  bench_task2   task2 epoch with the feature cache against running the frozen encoder
+  bench_reward  SCST: the reward's share of a step (and the original's one-call-per-caption METEOR)
+  bench_ocr     cleaning's OCR with 2 worker processes against 1
+Writes OUT/RESULTS.md (the table, the machine, its load) and OUT/results.json (every figure; the
+headline keys below are null when a benchmark could not run, with the reason in "errors").
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the scripts would bury the table
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+# key: (what is measured, target, higher is better)
+HEADLINE = {
+    "finetune_epoch_speedup": ("ViT-GPT2 full fine-tuning: epoch time", 2.0, True),
+    "frozen_epoch_speedup": ("ViT-GPT2 --freeze vit: epoch time", 3.0, True),
+    "task2_epoch_speedup": ("task2 frozen encoder: epoch time", 3.0, True),
+    "eval_speedup": ("evaluation: captions per second", 5.0, True),
+    "reward_share": ("SCST: reward share of a step", 0.10, False),
+    "ocr_speedup": ("OCR cleaning: images per second, 2 workers", 1.7, True),
+    "utilisation": ("training step FLOP/s / measured matmul FLOP/s", None, True),
+}
+BENCHES = ("ocr", "reward", "task2", "train")
+
+
+def _call(module_name: str, quick: bool, **quick_kwargs) -> dict:
+    import importlib
+
+    module = importlib.import_module(module_name)
+    params = inspect.signature(module.run).parameters
+    kwargs = {k: v for k, v in quick_kwargs.items() if k in params} if quick else {}
+    return module.run(**kwargs)
+
+
+def run_benches(only=BENCHES, quick: bool = False, log=print) -> dict:
+    """Run the chosen benchmarks; returns {"figures": {...}, "details": {...}, "errors": {...}, "seconds": {...}}."""
+    figures = {k: None for k in HEADLINE}
+    details, errors, seconds = {}, {}, {}
+    for name in only:
+        log(f"[{name}] running ...")
+        t0 = time.perf_counter()
+        try:
+            if name == "train":
+                import bench_train
+
+                out = bench_train.run(quick=quick, log=log)
+            elif name == "ocr":
+                out = _call("bench_ocr", quick, n=8)
+            elif name == "reward":
+                out = _call("bench_reward", quick, steps=2, meteor_steps=0)
+                out.update(per_caption_reward(out, quick))
+            else:
+                out = _call("bench_task2", quick)
+        except Exception as e:  # one broken benchmark must not hide the others' figures
+            errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            log(f"[{name}] failed: {errors[name]}")
+            traceback.print_exc(file=sys.stderr)
+            continue
+        finally:
+            seconds[name] = round(time.perf_counter() - t0, 1)
+        details[name] = out
+        for key in HEADLINE:
+            if key in out and out[key] is not None:
+                figures[key] = float(out[key])
+        log(f"[{name}] done in {seconds[name]:.0f} s")
+    return {"figures": figures, "details": details, "errors": errors, "seconds": seconds}
+
+
+def per_caption_reward(reward: dict, quick: bool = False) -> dict:
+    """The original's reward: METEOR through one scorer call per caption, for the captions of one SCST
+    step (32 images x (5 samples + 1 greedy)); its share of the step measured by bench_reward."""
+    import numpy as np
+
+    from baselines.original import per_caption_rewards
+    from captioning.metrics import get_meteor
+    from captioning.synthetic import CONTAINER_COLOURS, FOODS, caption_for
+
+    rng = np.random.default_rng(0)
+    n = 12 if quick else 32 * 6
+    titles = [caption_for(int(rng.integers(len(FOODS))), int(rng.integers(1, 5)), str(rng.choice(["plate", "bowl"])),
+                          str(rng.choice(list(CONTAINER_COLOURS)))) for _ in range(n + 1)]
+    meteor = get_meteor()
+    per_caption_rewards(meteor, titles[:2], titles[1:3])  # the JVM start is not part of a step
+    _, seconds = per_caption_rewards(meteor, titles[:n], [[t] for t in titles[1:]])
+    seconds *= 32 * 6 / n
+    rest = reward["scst_step_seconds"] * (1 - reward["reward_share"])  # the step without its reward
+    return {"per_caption_meteor_seconds": seconds, "per_caption_meteor_share": seconds / (rest + seconds)}
+
+
+# ---------------------------------------------------------------------------------------- report
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _fmt(x, share=False):
+    if x is None:
+        return "not measured"
+    return f"{x:.1%}" if share else f"{x:.2f}x"
+
+
+def met(key: str, value) -> str:
+    _, target, higher = HEADLINE[key]
+    if value is None:
+        return "not measured"
+    if target is None:
+        return "(stated)"
+    return "yes" if (value >= target if higher else value < target) else "NO"
+
+
+def _ours_vs_original(key: str, details: dict) -> str:
+    """The raw figures behind a ratio, for the table."""
+    t, r, t2, o = (details.get(k, {}) for k in ("train", "reward", "task2", "ocr"))
+    if key == "finetune_epoch_speedup" and t:
+        f = t["finetune"]
+        return f"{f['original']['epoch_seconds']:.1f} s -> {f['ours']['epoch_seconds']:.1f} s per epoch"
+    if key == "frozen_epoch_speedup" and t:
+        f = t["frozen"]
+        return f"{f['original']['epoch_seconds']:.1f} s -> {f['ours']['epoch_seconds']:.1f} s per epoch"
+    if key == "eval_speedup" and t:
+        e = t["eval"]
+        return f"{e['original_captions_per_second']:.2f} -> {e['ours_captions_per_second']:.2f} captions/s"
+    if key == "task2_epoch_speedup" and t2:
+        return (f"{t2.get('task2_epoch_s_encoder', float('nan')):.2f} s -> "
+                f"{t2.get('task2_epoch_s_cached', float('nan')):.2f} s per epoch")
+    if key == "reward_share" and r:
+        return f"CIDEr-D reward, {r['scst_step_seconds'] * 1000:.0f} ms step"
+    if key == "ocr_speedup" and o:
+        return f"{o['ocr_images_per_s_1']:.2f} -> {o['ocr_images_per_s_2']:.2f} images/s"
+    if key == "utilisation" and t:
+        fl = t["flops"]
+        return (f"{fl['ours_achieved_flops'] / 1e9:.0f} of {fl['matmul_peak_flops'] / 1e9:.0f} GFLOP/s "
+                f"({t['precision'] if t['precision'] != 'no' else 'fp32'})")
+    return ""
+
+
+def table(result: dict) -> str:
+    fig, det = result["figures"], result["details"]
+    rows = ["| measure | ratio (ours / original) | figures | target | met |", "|---|---:|---|---:|---|"]
+    for key, (what, target, higher) in HEADLINE.items():
+        share = key in ("reward_share", "utilisation")
+        goal = "-" if target is None else (f"{'>=' if higher else '<'} " + (f"{target:.0%}" if share else f"{target}x"))
+        rows.append(f"| {what} (`{key}`) | {_fmt(fig[key], share)} | {_ours_vs_original(key, det)} | {goal} | "
+                    f"{met(key, fig[key])} |")
+    return "\n".join(rows) + "\n"
+
+
+def extras(result: dict) -> list[str]:
+    """Further figures that explain the ratios."""
+    d, lines = result["details"], []
+    t = d.get("train")
+    if t:
+        s = t["size"]
+        lines.append(f"- ViT-GPT2 configuration: {s['image']} px, patch {s['patch']}, width {s['width']}, "
+                     f"{s['enc_layers']} ViT + {s['dec_layers']} GPT-2 layers, vocabulary {s['vocab']}, random weights; "
+                     f"{s['train']} training and {s['valid']} validation JPEGs of 274x169 px per epoch, batch {s['batch']}.")
+        prec = "bf16 autocast (the CPU has native bf16)" if t["precision"] == "bf16" else "fp32"
+        lines.append(f"- Ours trains in {prec}; the original in fp32.")
+        if "finetune_epoch_speedup_fp32" in t:
+            f = t["finetune"]["ours_fp32"]
+            lines.append(f"- Ours in fp32 (caches, workers, batched greedy validation; no bf16): "
+                         f"{f['epoch_seconds']:.1f} s per epoch, {t['finetune_epoch_speedup_fp32']:.2f}x the original.")
+        for name in ("finetune", "frozen"):
+            o = t[name]["ours"]
+            lines.append(f"- {name}: ours' one-time set-up before the first epoch (model load, "
+                         f"{'feature' if name == 'frozen' else 'pixel'} cache): {o['setup_seconds']:.1f} s; "
+                         f"the original's validation (beam, one image at a time): "
+                         f"{t[name]['original']['validation_seconds']:.1f} s of its epoch.")
+        fl = t["flops"]
+        lines.append(f"- Training step: {fl['step_flops'] / 1e9:.0f} GFLOP; the original reaches "
+                     f"{fl['original_achieved_flops'] / 1e9:.0f} GFLOP/s = {fl['original_utilisation']:.0%} of the "
+                     f"fp32 matmul rate ({fl['matmul_peak_flops_fp32'] / 1e9:.0f} GFLOP/s).")
+        lines.append(f"- Evaluation: batched and one-at-a-time beam search gave "
+                     f"{'the same' if t['eval']['same_captions'] else 'not exactly the same'} captions.")
+    r = d.get("reward")
+    if r and "per_caption_meteor_share" in r:
+        lines.append(f"- The original's reward (METEOR, one call per caption) would take "
+                     f"{r['per_caption_meteor_seconds']:.2f} s = {r['per_caption_meteor_share']:.0%} of the same step"
+                     + (f"; batched METEOR: {r['meteor_reward_share']:.0%}." if "meteor_reward_share" in r else "."))
+    t2 = d.get("task2")
+    if t2 and "task2_epoch_speedup_vs_decoding" in t2:
+        lines.append(f"- task2 against decoding every JPEG at every step as well: "
+                     f"{t2['task2_epoch_speedup_vs_decoding']:.2f}x; batched generation "
+                     f"{t2.get('generation_batch_speedup', float('nan')):.1f}x per image.")
+    o = d.get("ocr")
+    if o and "cpu_speedup_2" in o:
+        lines.append(f"- OCR: two busy processes gained {o['cpu_speedup_2']:.2f}x over one on this machine "
+                     "during the run (the most any 2-worker speedup could be).")
+    for name, err in result["errors"].items():
+        lines.append(f"- {name}: not measured ({err}).")
+    return lines
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    info = result["info"]
+    load = "/".join(f"{x:.1f}" for x in info["load_before"]) + " before, " + \
+        "/".join(f"{x:.1f}" for x in info["load_after"]) + " after (1/5/15-minute load averages)"
+    md = ["# Benchmarks: this project against the original's approach", "",
+          f"`make bench` (`python bench/run.py`) on {info['date']}: {info['machine']['cpu']}, "
+          f"{info['machine']['cores']} cores, torch {info['machine']['torch']}; load {load}; "
+          f"{info['total_seconds'] / 60:.1f} minutes.", "",
+          "Each ratio is measured side by side in this one run, on the same data, model size and machine, "
+          "against a re-creation of the original's approach (`bench/baselines/original.py`: decode and image "
+          "processor per item in `__getitem__`, no workers, full precision, beam-search validation one "
+          "image at a time every epoch; one-image-at-a-time captioning; one reward call per caption). "
+          "On a shared machine the figures move by tens of percent between runs.", "",
+          table(result), "", *extras(result), ""]
+    (out / "RESULTS.md").write_text("\n".join(md))
+    (out / "results.json").write_text(json.dumps({**result["figures"], "info": info, "errors": result["errors"],
+                                                  "seconds": result["seconds"], "details": result["details"]},
+                                                 indent=2, default=str))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {', '.join(BENCHES)}")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, not the speed")
+    p.add_argument("--out", default=str(HERE), help="folder for RESULTS.md and results.json (default bench/)")
+    a = p.parse_args(argv)
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    unknown = [x for x in only if x not in BENCHES]
+    if unknown:
+        print(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}.", file=sys.stderr)
+        sys.exit(2)
+    t0 = time.time()
+    load_before = os.getloadavg()
+    result = run_benches(only, a.quick)
+    result["info"] = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine(),
+                      "load_before": load_before, "load_after": os.getloadavg(), "quick": a.quick,
+                      "total_seconds": time.time() - t0, "benches": only}
+    write(result, Path(a.out))
+    print()
+    print(table(result), end="")
+    for line in extras(result):
+        print(line)
+    print(f"\nwritten: {Path(a.out) / 'RESULTS.md'} and {Path(a.out) / 'results.json'} "
+          f"({result['info']['total_seconds'] / 60:.1f} minutes)")
+
+
+if __name__ == "__main__":
+    main()
