@@ -16,7 +16,7 @@ import sys
 import typing
 from pathlib import Path
 
-SECRET_FIELDS = re.compile(r"token|password|secret|api_key", re.I)
+SECRET_FIELDS = re.compile(r"(^|_)token$|password|secret|api_key", re.I)  # hf_token, not max_new_tokens
 
 
 class UserError(Exception):

@@ -25,7 +25,7 @@ class Config(RunConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
-    run = Run(cfg, "task1_1 (pretrained)")
+    run = Run(cfg, "task1_1 (direct evaluation)")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     datasets = pixel_datasets(cfg, processor, ("valid", "test"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -58,6 +58,7 @@ def test_token_is_redacted():
     cfg = parse_config(Demo, ["--hf-token", "hf_secret123"])
     assert cfg.hf_token == "hf_secret123"
     assert "hf_secret123" not in json.dumps(to_dict(cfg))
+    assert to_dict(cfg)["max_new_tokens"] == cfg.max_new_tokens  # a count of tokens is no secret
 
 
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--lr", "-1"), ("--limit", "-3"), ("--epochs", "-1")])

@@ -475,9 +475,6 @@ def test_task2_never_runs_code_from_pickled_weights(flag, synth, hostile, not_mo
     no_results(tmp_path / "o")
 
 
-@pytest.mark.xfail(strict=True, raises=pickle.UnpicklingError,
-                   reason="issue 5: task2/llm.py and task2/vision.py catch their own exception tuple; "
-                          "catching captioning.models._load_errors() turns this into one sentence")
 @pytest.mark.parametrize("flag", ["--model", "--vision-model"])
 def test_task2_pickled_weights_are_one_sentence(flag, synth, hostile, not_models, tmp_path, capsys):
     result = call(capsys, TRAIN2, *pickled_task2(flag, synth, hostile, not_models, tmp_path / "o"))
