@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from captioning.config import run_main  # noqa: E402
 
 # Settings for tiny random models (pretrained checkpoints want lr 1e-5..1e-4 and fewer epochs).
-TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "40", "--restart-epochs", "40",
+TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "50", "--restart-epochs", "50",
               "--eval-every", "10", "--patience", "0", "--workers", "0", "--preset", "greedy"]
 # SCST from the fine-tuned tiny model: one short epoch, the tiny model's lr (a checkpoint wants ~1e-5).
 TINY_SCST = ["--lr", "5e-4", "--batch-size", "32", "--epochs", "1", "--restart-epochs", "1",
@@ -58,12 +59,16 @@ class Demo:
         return ["--data-dir", str(self.data), "--images-dir", str(self.images),
                 "--output-dir", str(self.runs / name), "--overwrite", "--cache-dir", str(self.runs / ".cache")]
 
-    def stage(self, name: str, script: str, *args: str):
+    def stage(self, name: str, script: str, *args: str, common: bool = True):
+        """Run one recipe in this process (one METEOR JVM, one torch import for all stages)."""
         print(f"\n=== {name}: {script} ===", flush=True)
         t0 = time.time()
-        out = load_script(script).main(self.common(name) + list(args))
+        out = load_script(script).main((self.common(name) if common else []) + list(args))
         self.times[name] = time.time() - t0
         return out
+
+    def metrics(self, name: str) -> dict:
+        return json.loads((self.runs / name / "metrics.json").read_text())
 
 
 def main(argv=None):
@@ -72,8 +77,13 @@ def main(argv=None):
     p.add_argument("--data-dir", help="use this existing dataset (standard layout) instead of synthetic data")
     p.add_argument("--n", type=int, default=2500, help="synthetic images to draw (default 2500)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed (default 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: tiny models gain little from more, and lose a lot on a busy CPU)")
     a = p.parse_args(argv)
     t_start = time.time()
+    import torch
+
+    torch.set_num_threads(max(1, a.threads))
     runs = Path(a.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     from captioning import synthetic
@@ -89,48 +99,29 @@ def main(argv=None):
     demo = Demo(runs, data, models)
     vit_gpt2 = str(models / "vit-gpt2")
 
-    print("\n=== cleaning: imageCleaning/preprocess.py ===", flush=True)
-    t0 = time.time()
     cleaned = runs / "cleaning"
-    load_script("imageCleaning/preprocess.py").main(["--data-dir", str(demo.data), "--images-dir", str(demo.images),
-                                                     "--out", str(cleaned), "--workers", "2"])
-    demo.times["cleaning"] = time.time() - t0
+    demo.stage("cleaning", "imageCleaning/preprocess.py", "--data-dir", str(demo.data), "--images-dir",
+               str(demo.images), "--out", str(cleaned), "--workers", "2", common=False)
     demo.data = cleaned  # later stages use the cleaned CSVs; demo.images stays the original folder
 
     demo.stage("task1_1", "task1/task1_1.py", "--model", vit_gpt2, "--preset", "greedy")
     demo.stage("vit_gpt2_finetuned", "task1/vit_gpt2_finetuned.py", "--model", vit_gpt2, *TINY_TRAIN)
-    import json
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops gain nothing from 2 threads; on a busy CPU they run ~10x slower
-    demo.stage("vit_gpt2_finetuned_RL", "task1/vit_gpt2_finetuned_RL.py",
-               "--model", str(runs / "vit_gpt2_finetuned" / "best"), *TINY_SCST)
-    torch.set_num_threads(threads)
-    xe, rl = (json.loads((runs / n / "metrics.json").read_text())["test"]["CIDEr"]
-              for n in ("vit_gpt2_finetuned", "vit_gpt2_finetuned_RL"))
+    best = str(runs / "vit_gpt2_finetuned" / "best")
+    demo.stage("vit_gpt2_finetuned_RL", "task1/vit_gpt2_finetuned_RL.py", "--model", best, *TINY_SCST)
+    xe, rl = (demo.metrics(n)["test"]["CIDEr"] for n in ("vit_gpt2_finetuned", "vit_gpt2_finetuned_RL"))
     print(f"SCST after cross-entropy, same greedy decoding: test CIDEr {xe:.3f} -> {rl:.3f}")
+
+    # task2: the encoder fine-tuned above, frozen (features cached) + projector + tiny Llama with LoRA
+    demo.stage("llama_lora", "task2/train.py", "--model", str(models / "llama"), "--vision-model", best,
+               *TINY_LLAMA)
+    demo.stage("inferllama", "task2/inferllama.py", "--run", str(runs / "llama_lora"), "--preset", "greedy",
+               "--max-new-tokens", "16", "--workers", "0")
 
     print("\n[deepseek] RANDOM-WEIGHT STAND-IN: a tiny untrained DeepSeek-VL hybrid that takes the real "
           "model's path (class from its config, chat template, batched generation, title cleaner); "
           "its titles are noise.")
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops gain nothing from 2 threads; on a busy CPU they run ~10x slower
     demo.stage("deepseek", "task2/deepseek.py", "--model", str(models / "deepseek-vl"), "--limit", "48",
                "--max-new-tokens", "12")
-    torch.set_num_threads(threads)
-
-    # task2: the encoder fine-tuned in task1, frozen (features cached) + projector + tiny Llama with LoRA
-    vision = runs / "vit_gpt2_finetuned" / "best"
-    torch.set_num_threads(1)
-    demo.stage("llama_lora", "task2/train.py", "--model", str(models / "llama"),
-               "--vision-model", str(vision if vision.exists() else models / "vit"), *TINY_LLAMA)
-    demo.stage("inferllama", "task2/inferllama.py", "--run", str(runs / "llama_lora"), "--preset", "greedy",
-               "--max-new-tokens", "16", "--workers", "0")
-    torch.set_num_threads(threads)
 
     from captioning.report import report
 
