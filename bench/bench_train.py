@@ -104,29 +104,11 @@ def make_photos(folder: Path, size: Size, seed: int = 0) -> list[str]:
 
 def build_model(folder: Path, size: Size, titles) -> Path:
     """Random ViT-GPT2 of `size`, saved with a tokenizer and image processor like a hub checkpoint."""
-    import torch
-    from transformers import (GPT2Config, ViTConfig, ViTImageProcessorPil, VisionEncoderDecoderConfig,
-                              VisionEncoderDecoderModel)
+    from captioning.synthetic import build_tiny_vit_gpt2, train_tokenizer
 
-    from captioning.synthetic import train_tokenizer
-
-    tokenizer = train_tokenizer(titles)
-    tid = tokenizer.eos_token_id
-    torch.manual_seed(0)
-    enc = ViTConfig(image_size=size.image, patch_size=size.patch, hidden_size=size.width,
-                    num_hidden_layers=size.enc_layers, num_attention_heads=size.heads, intermediate_size=size.mlp)
-    dec = GPT2Config(vocab_size=max(size.vocab, len(tokenizer)), n_positions=1024, n_embd=size.width,
-                     n_layer=size.dec_layers, n_head=size.heads, add_cross_attention=True, is_decoder=True,
-                     bos_token_id=tid, eos_token_id=tid)
-    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
-    cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = cfg.bos_token_id = tid
-    model = VisionEncoderDecoderModel(config=cfg)
-    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, tid)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": size.image, "width": size.image}, image_mean=[0.5] * 3,
-                         image_std=[0.5] * 3, resample=2).save_pretrained(folder)
+    build_tiny_vit_gpt2(folder, train_tokenizer(titles), image_size=size.image, patch=size.patch,
+                        width=size.width, enc_layers=size.enc_layers, dec_layers=size.dec_layers,
+                        heads=size.heads, mlp=size.mlp, vocab=size.vocab, positions=1024)
     return folder
 
 

@@ -214,18 +214,23 @@ def train_tokenizer(captions, out_dir=None, vocab_size: int = 400):
     return fast
 
 
-def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE):
-    """A tiny random VisionEncoderDecoder (ViT 64 px / patch 8 + GPT-2 64-dim), saved like nlpconnect's."""
+def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE, patch: int = 8, width: int = 64,
+                        enc_layers: int = 2, dec_layers: int = 2, heads: int = 2, mlp: int = 256,
+                        vocab: int = 0, positions: int = 64):
+    """A random VisionEncoderDecoder (default: ViT 64 px / patch 8 + GPT-2 64-dim, 2 layers each), saved
+    like nlpconnect's checkpoint (model + tokenizer + image processor in one folder). The sizes let the
+    benchmarks build realistic widths the same way."""
     import torch
     from transformers import (GPT2Config, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
                               VisionEncoderDecoderModel)
 
     torch.manual_seed(0)
     tid = tokenizer.eos_token_id
-    enc = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=256)
-    dec = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
-                     add_cross_attention=True, is_decoder=True, bos_token_id=tid, eos_token_id=tid)
+    enc = ViTConfig(image_size=image_size, patch_size=patch, hidden_size=width, num_hidden_layers=enc_layers,
+                    num_attention_heads=heads, intermediate_size=mlp)
+    dec = GPT2Config(vocab_size=max(vocab, len(tokenizer)), n_positions=positions, n_embd=width,
+                     n_layer=dec_layers, n_head=heads, add_cross_attention=True, is_decoder=True,
+                     bos_token_id=tid, eos_token_id=tid)
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = cfg.bos_token_id = tid
     model = VisionEncoderDecoderModel(config=cfg)
@@ -234,7 +239,7 @@ def build_tiny_vit_gpt2(out_dir, tokenizer, image_size: int = SIZE):
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(out_dir)
+                      image_std=[0.5] * 3, resample=2).save_pretrained(out_dir)
     return model
 
 
