@@ -18,6 +18,17 @@ def _cache_dir(tmp_path_factory):
     os.environ["FOODCAP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model ops gain nothing from two threads; on a busy CPU two spinning threads run ~10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Path:
     """A 160-image synthetic dataset (+ its dirty entries) with DIR/models/<every tiny model>."""

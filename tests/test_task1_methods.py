@@ -16,13 +16,7 @@ CAPTIONS = ["Two Lemons on a Blue Plate", "A White Bowl of Three Olives", "One E
             "Four Cookies on a Red Plate"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model ops gain nothing from two threads; on a busy CPU two spinning threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ PROMPT = "The name of the dish in the image is: "
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny ops: a second thread only adds contention on a busy CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def load_script(name):
