@@ -173,6 +173,30 @@ def test_labels_cover_caption_and_eos_only(synth):
     assert torch.allclose(together, (alone[0] * n[0] + alone[1] * n[1]) / n.sum(), atol=1e-4)
 
 
+def test_loss_on_kept_logits_equals_the_llms_own_loss(synth):
+    """forward computes logits only on the caption positions: the same loss the LLM gives with logits
+    everywhere and -100 labels on the image, the prompt and the padding (gradients included)."""
+    model = new_captioner(synth, seed=3).train()
+    torch.manual_seed(3)
+    feats, caps = torch.randn(3, 65, 64), ["One Egg on a Red Plate", "A Blue Bowl of Four Limes", "Two Limes"]
+    prompts = ["Dish:", PROMPT, PROMPT]  # unequal prompts: a left-padded prefix
+    torch.manual_seed(4)  # the same dropout masks in both passes
+    kept = model(feats, caps, prompts)
+    grad_kept = torch.autograd.grad(kept, model.projector.net[0].weight)[0]
+
+    torch.manual_seed(4)
+    embeds, mask = model.prefix(feats, prompts)
+    ids, cap_mask, labels = model.targets(caps, "cpu")
+    embeds = torch.cat([embeds, model.llm.get_input_embeddings()(ids)], 1)
+    mask = torch.cat([mask, cap_mask], 1)
+    labels = torch.cat([torch.full(mask[:, : -ids.shape[1]].shape, -100), labels], 1)
+    full = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                     labels=labels).loss
+    grad_full = torch.autograd.grad(full, model.projector.net[0].weight)[0]
+    assert torch.allclose(kept, full, atol=1e-5), (kept, full)
+    assert torch.allclose(grad_kept, grad_full, atol=1e-6)
+
+
 def test_the_image_matters(trained):
     model, feats, caps = trained
     with torch.no_grad():
