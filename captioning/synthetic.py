@@ -261,9 +261,12 @@ def llama_style_tokenizer(texts, vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos)
 
 
-def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60):
+def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60, width: int = 64, mlp: int = 192,
+                     layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 0):
     """A tiny LlamaForCausalLM (64-dim, 2 layers, grouped-query attention, tied embeddings like Llama 3.2)
-    with its own Llama-style tokenizer trained on every synthetic caption and the task2 prompt.
+    with its own Llama-style tokenizer trained on every synthetic caption and the task2 prompt. The
+    sizes (and `vocab`, a vocabulary padded past the tokenizer's) let the benchmarks build realistic
+    widths the same way.
 
     Like the real Llama, it has read text before it sees an image: `pretrain_steps` steps of plain
     language modelling on the texts (~1 s) teach it the words and grammar of captions, never an
@@ -280,13 +283,14 @@ def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60):
     texts.append("The name of the dish in the image is:")
     tok = llama_style_tokenizer(texts)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    cfg = LlamaConfig(vocab_size=max(vocab, len(tok)), hidden_size=width, intermediate_size=mlp,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=512,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     model = LlamaForCausalLM(cfg)
     # At 64 dims the default init (std 0.02) caps every logit near +-1 through the tied head;
-    # a trained Llama's logits span tens.
-    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.2)
+    # a trained Llama's logits span tens. (Scaled down for the benchmarks' wider models.)
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.2 * (64 / width) ** 0.5)
     seqs = [tok(" " + t)["input_ids"] + [tok.eos_token_id] for t in texts]  # BOS text EOS
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [tok.eos_token_id] * (width - len(s)) for s in seqs])
@@ -311,15 +315,16 @@ def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60):
     return model
 
 
-def build_tiny_vit(out_dir, tokenizer=None, image_size: int = SIZE):
+def build_tiny_vit(out_dir, tokenizer=None, image_size: int = SIZE, patch: int = 8, width: int = 64,
+                   layers: int = 2, heads: int = 2, mlp: int = 256):
     """A tiny random ViTModel (64 px, patch 8, 64-dim, 2 layers) + ViTImageProcessor: the stand-in for
-    google/vit-base-patch16-224-in21k as a frozen task2 image encoder."""
+    google/vit-base-patch16-224-in21k as a frozen task2 image encoder (the sizes are for benchmarks)."""
     import torch
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
     torch.manual_seed(1)
-    cfg = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=256)
+    cfg = ViTConfig(image_size=image_size, patch_size=patch, hidden_size=width, num_hidden_layers=layers,
+                    num_attention_heads=heads, intermediate_size=mlp)
     model = ViTModel(cfg)  # with its pooler, as the hub checkpoint has one
     model.save_pretrained(out_dir)
     ViTImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
