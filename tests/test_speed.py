@@ -96,6 +96,28 @@ def test_baseline_sees_the_same_pixels_as_the_cache(synth, tmp_path):
         assert torch.allclose(ours, theirs, atol=1e-5), float((ours - theirs).abs().max())
 
 
+def test_anymodal_baseline_computes_our_task2_loss(synth):
+    """bench_task2's original side (AnyModal's per-sample assembly, logits everywhere) trains the same
+    loss, with the same gradients, as our batched captioner: its ratio times one computation two ways."""
+    sys.path.insert(0, str(ROOT / "task2"))
+    from anymodal import AnyModalCaptioner
+    from baselines.original import anymodal_loss
+    from llm import add_peft, get_llm
+    from vision import Projector
+
+    torch.manual_seed(0)
+    llm, tok = get_llm(str(synth / "models" / "llama"))
+    projector = Projector(64, llm.get_input_embeddings().embedding_dim)
+    model = AnyModalCaptioner(add_peft(llm, "r8"), tok, projector, {"prompt": "The dish is: ", "max_length": 32})
+    model.eval()  # no dropout: both sides see the same network
+    feats = torch.randn(3, 65, 64)
+    caps = ["One Egg on a Red Plate", "A Blue Bowl of Four Limes", "Two Limes"]  # unequal lengths: padding
+    ours, theirs = model(feats, caps), anymodal_loss(model, feats, caps)
+    weight = projector.net[0].weight
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
+    assert torch.allclose(torch.autograd.grad(ours, weight)[0], torch.autograd.grad(theirs, weight)[0], atol=1e-6)
+
+
 def fake_result(**figures):
     import run as bench_run
 

@@ -9,7 +9,12 @@ What the original did, and this module does the same way:
 - training: full precision; the ViT encoder runs on every step, also when it is frozen;
 - validation: beam search (4 beams) over the whole validation split after every epoch;
 - captioning (validation and test): one image at a time;
-- SCST rewards: one scorer call per caption.
+- SCST rewards: one scorer call per caption;
+- task2 (the AnyModal framework's MultiModalModel and training loop): the frozen encoder runs on every
+  step; each sample's sequence [BOS][image tokens][prompt][caption][EOS] is tokenized, embedded and
+  concatenated on its own, then right-padded with embedded EOS tokens; the LLM computes logits at
+  every position and its loss from labels with -100 on the prefix; validation is the loss over the
+  validation split and a few captions generated one image at a time.
 """
 from __future__ import annotations
 
@@ -91,3 +96,62 @@ def per_caption_rewards(scorer, captions, references) -> tuple[np.ndarray, float
         score, _ = scorer.compute_score({0: refs}, {0: [cap or "."]})
         rewards.append(float(score))
     return np.asarray(rewards), time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------- task2
+def anymodal_loss(model, features: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """The loss of task2.anymodal.AnyModalCaptioner (same model, same targets), assembled as AnyModal's
+    MultiModalModel.forward does: sample by sample, logits at every position."""
+    embed = model.llm.get_input_embeddings()
+    image = model.projector(features)
+
+    def ids_embedding(ids):
+        return embed(torch.tensor(ids, dtype=torch.long, device=image.device))
+
+    prompt = model.tokenizer(model.prompt.rstrip(), add_special_tokens=False)["input_ids"]
+    rows, labels = [], []
+    for img, caption in zip(image, captions):
+        text = model.tokenizer(" " + caption, add_special_tokens=False)["input_ids"][: model.max_length - 1]
+        text = text + [model.eos_id]
+        row = torch.cat([ids_embedding(model.bos), img.to(embed.weight.dtype), ids_embedding(prompt),
+                         ids_embedding(text)])
+        rows.append(row)
+        labels.append(torch.tensor([-100] * (len(row) - len(text)) + text))
+    width = max(len(r) for r in rows)
+    masks = []
+    for i, row in enumerate(rows):
+        pad = width - len(row)
+        rows[i] = torch.cat([row, ids_embedding([model.eos_id] * pad)])
+        labels[i] = torch.cat([labels[i], torch.full((pad,), -100)])
+        masks.append(torch.cat([torch.ones(len(row)), torch.zeros(pad)]))
+    return model.llm(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks).long(),
+                     labels=torch.stack(labels).to(image.device)).loss
+
+
+def anymodal_epoch(model, encoder, loader, optimizer) -> list:
+    """One full-precision training pass; the frozen encoder runs on every batch."""
+    model.train()
+    losses = []
+    for batch in loader:
+        with torch.no_grad():
+            features = encoder(pixel_values=batch["pixel_values"]).last_hidden_state
+        loss = anymodal_loss(model, features, batch["caption"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def anymodal_validation(model, encoder, loader, records, processor, samples: int = 5,
+                        max_new_tokens: int = 24) -> tuple[float, list[str]]:
+    """The validation loss over `loader`, then `samples` captions generated one image at a time."""
+    model.eval()
+    losses = [anymodal_loss(model, encoder(pixel_values=b["pixel_values"]).last_hidden_state, b["caption"]).item()
+              for b in loader]
+    captions = []
+    for r in records[:samples]:
+        pixel_values = processor(images=Image.open(r.path).convert("RGB"), return_tensors="pt")["pixel_values"]
+        captions += model.caption(encoder(pixel_values=pixel_values).last_hidden_state, "greedy", max_new_tokens)
+    return float(np.mean(losses)), captions
