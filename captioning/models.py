@@ -205,7 +205,31 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
     def load(folder):
         return load_vit_gpt2(str(folder))[0]
 
+    def encoded(model, batch):
+        """The encoder's outputs for the batch, shareable by several decoder passes and `generate`: a
+        frozen ViT's cached features, else one encoder pass over the pixels."""
+        if "features" in batch:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return BaseModelOutput(last_hidden_state=batch["features"].float())
+        from .sampling import encode
+
+        return encode(model, pixel_values(batch))
+
     recipe = Recipe(model=model, loss=loss or xent, caption=caption, save=save, load=load)
     recipe.pixel_values, recipe.xent = pixel_values, xent  # for recipes that build on them
-    recipe.encoder_inputs = encoder_inputs
+    recipe.encoder_inputs, recipe.encoded = encoder_inputs, encoded
     return recipe
+
+
+def vit_gpt2_datasets(cfg, model, processor, splits=("train", "valid", "test")) -> dict:
+    """A ViT-GPT2 recipe's datasets: with the ViT frozen (cfg.freeze == "vit") its outputs from the
+    feature cache (computed once, on the GPU if there is one), else pixels from the pixel cache."""
+    from .cache import pixel_datasets
+
+    encoder = None
+    if getattr(cfg, "freeze", "none") == "vit":
+        import torch
+
+        encoder = model.encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+    return pixel_datasets(cfg, processor, splits, encoder=encoder)

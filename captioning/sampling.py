@@ -65,7 +65,8 @@ def gold_targets(tokenizer, batch: dict, max_length: int = 32):
     from .models import encode_targets
 
     labels, mask = encode_targets(tokenizer, batch["caption"], max_length)
-    device = batch["pixels"].device if "pixels" in batch else None
+    source = batch.get("pixels", batch.get("features"))
+    device = source.device if source is not None else None
     return labels.to(device), mask.to(device)
 
 

@@ -11,10 +11,9 @@ token sees; it matters for left padding and guards against a decoder that mixes 
 """
 from dataclasses import dataclass
 
-from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
 from captioning.engine import train_and_evaluate
-from captioning.models import freeze, load_vit_gpt2, vit_gpt2_recipe
+from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 
 
 @dataclass
@@ -34,7 +33,7 @@ def main(argv=None):
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     counts = freeze(model, cfg.freeze)
     print(f"freeze={cfg.freeze}: {counts['trainable']:,} of {counts['total']:,} parameters train")
-    datasets = pixel_datasets(cfg, processor)
+    datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the feature cache
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask=True)
     method = f"vit_gpt2_attention (XE, decoder mask, freeze {cfg.freeze})"
     return train_and_evaluate(cfg, recipe, datasets, method)

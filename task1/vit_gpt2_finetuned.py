@@ -9,12 +9,9 @@ With --freeze vit the frozen ViT runs once per image, ever: the decoder trains o
 """
 from dataclasses import dataclass
 
-import torch
-
-from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
 from captioning.engine import train_and_evaluate
-from captioning.models import freeze, load_vit_gpt2, vit_gpt2_recipe
+from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 
 
 @dataclass
@@ -33,9 +30,7 @@ def main(argv=None):
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     counts = freeze(model, cfg.freeze)
     print(f"freeze={cfg.freeze}: {counts['trainable']:,} of {counts['total']:,} parameters train")
-    # a frozen ViT's outputs come from the feature cache (computed on the GPU if there is one)
-    encoder = model.encoder.to("cuda" if torch.cuda.is_available() else "cpu") if cfg.freeze == "vit" else None
-    datasets = pixel_datasets(cfg, processor, encoder=encoder)
+    datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the frozen ViT's feature cache
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
     return train_and_evaluate(cfg, recipe, datasets, f"vit_gpt2_finetuned (freeze {cfg.freeze})")
 

@@ -6,7 +6,8 @@ document frequencies from the training titles, or METEOR, or a mix) against a ba
 caption's reward, or the mean of the image's other samples), and minimises
     loss = (1 - alpha) * XE + alpha * SCST,   SCST = -mean((reward - baseline) * log p(sample))
 with alpha moving from ALPHA_START to ALPHA_END on ALPHA_SCHEDULE. Log-probabilities stop at each
-sample's first EOS. The ViT encoder stays frozen by default, as in the original.
+sample's first EOS. The ViT encoder stays frozen by default, as in the original; its outputs then
+come from the feature cache, computed once per image.
 
     python task1/vit_gpt2_finetuned_RL.py --model runs/vit_gpt2_finetuned/best --data-dir data \\
         --output-dir runs/vit_gpt2_finetuned_RL
@@ -14,11 +15,10 @@ sample's first EOS. The ViT encoder stays frozen by default, as in the original.
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
 from captioning.engine import train_and_evaluate
-from captioning.models import freeze, load_vit_gpt2, vit_gpt2_recipe
-from captioning.sampling import encode, gold_targets, ramp, teacher_forcing_loss
+from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
+from captioning.sampling import gold_targets, ramp, teacher_forcing_loss
 from captioning.scst import make_reward, scst_step
 
 
@@ -69,7 +69,7 @@ def main(argv=None):
                         "task1/vit_gpt2_finetuned.py first or pass --model.")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     freeze(model, cfg.freeze)
-    datasets = pixel_datasets(cfg, processor)
+    datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the feature cache
     if len(datasets["train"]) == 0:  # the CIDEr-D reward needs the training titles
         raise UserError("the train split has no usable images; training needs them to train on.")
     reward = make_reward(cfg.reward, [r.references for r in datasets["train"].records], cfg.meteor_weight)
@@ -78,7 +78,7 @@ def main(argv=None):
 
     def loss(model, batch, state):
         alpha = ramp(state.progress, cfg.alpha_schedule, cfg.alpha_start, cfg.alpha_end)
-        enc = encode(model, recipe.pixel_values(batch))  # shared by sampling, baseline, XE and gradient
+        enc = recipe.encoded(model, batch)  # shared by sampling, baseline, XE and gradient
         out = scst_step(model, enc, batch["references"], tokenizer, reward, cfg.samples, cfg.baseline,
                         cfg.top_p, cfg.temperature, cfg.max_new_tokens)
         s = seen.setdefault(state.epoch + 1, [0, 0.0, 0.0])

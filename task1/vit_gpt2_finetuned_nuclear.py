@@ -13,11 +13,10 @@ no_repeat_ngram_size 3, repetition_penalty 1.2, as in the original); pass --pres
 """
 from dataclasses import dataclass
 
-from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
 from captioning.engine import train_and_evaluate
-from captioning.models import freeze, load_vit_gpt2, vit_gpt2_recipe
-from captioning.sampling import encode, gold_targets, nucleus_pick, ramp, scheduled_sampling_loss
+from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
+from captioning.sampling import gold_targets, nucleus_pick, ramp, scheduled_sampling_loss
 
 
 @dataclass
@@ -45,14 +44,14 @@ def main(argv=None):
         raise UserError("--max-sampling must lie in [0, 1], --top-p in (0, 1] and --temperature above 0.")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     freeze(model, cfg.freeze)
-    datasets = pixel_datasets(cfg, processor)
+    datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the feature cache
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask=True)
     pick = nucleus_pick(cfg.top_p, cfg.temperature)
 
     def loss(model, batch, state):
         ratio = 1.0 - ramp(state.progress, cfg.sampling_schedule, 0.0, cfg.max_sampling)
         labels, mask = gold_targets(tokenizer, batch, cfg.max_length)
-        enc = encode(model, recipe.pixel_values(batch))  # shared by both decoder passes
+        enc = recipe.encoded(model, batch)  # shared by both decoder passes
         return scheduled_sampling_loss(model, enc, labels, mask, ratio, pick)
 
     recipe.loss = loss

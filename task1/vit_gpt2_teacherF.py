@@ -18,11 +18,10 @@ only some of the tokens the decoder reads come from the model.
 """
 from dataclasses import dataclass
 
-from captioning.cache import pixel_datasets
 from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
 from captioning.engine import train_and_evaluate
-from captioning.models import freeze, load_vit_gpt2, vit_gpt2_recipe
-from captioning.sampling import argmax_pick, encode, gold_targets, ramp, scheduled_sampling_loss
+from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
+from captioning.sampling import argmax_pick, gold_targets, ramp, scheduled_sampling_loss
 
 
 @dataclass
@@ -49,13 +48,13 @@ def main(argv=None):
         raise UserError("--teacher-forcing-ratio and --final-ratio must lie between 0 and 1.")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     freeze(model, cfg.freeze)
-    datasets = pixel_datasets(cfg, processor)
+    datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the feature cache
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask=True)
 
     def loss(model, batch, state):
         ratio = ramp(state.progress, cfg.ratio_schedule, cfg.teacher_forcing_ratio, cfg.final_ratio)
         labels, mask = gold_targets(tokenizer, batch, cfg.max_length)
-        enc = encode(model, recipe.pixel_values(batch))  # shared by both decoder passes
+        enc = recipe.encoded(model, batch)  # shared by both decoder passes
         return scheduled_sampling_loss(model, enc, labels, mask, ratio, argmax_pick)
 
     recipe.loss = loss

@@ -67,6 +67,22 @@ def test_cached_features_train_like_the_frozen_encoder(synth, tmp_path):
     assert from_features == from_pixels
 
 
+def test_shared_encoder_outputs_from_features_equal_an_encoder_pass(synth, tmp_path):
+    """What scheduled sampling and SCST share between their passes (recipe.encoded) is the same from
+    the feature cache of a frozen ViT as from running it on the pixels."""
+    cfg = config(synth, tmp_path, limit=8)
+    model, processor, tokenizer = load_vit_gpt2(cfg.model)
+    freeze(model, "vit")
+    model.eval()
+    recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
+    pixels = pixel_datasets(cfg, processor, ("train",))["train"]
+    feats = feature_datasets(cfg, processor, model.encoder, ("train",), dtype="float32")["train"]
+    from_pixels = recipe.encoded(model, collate([pixels[i] for i in range(8)])).last_hidden_state
+    from_cache = recipe.encoded(model, collate([feats[i] for i in range(8)])).last_hidden_state
+    assert from_cache.shape == from_pixels.shape
+    assert torch.allclose(from_cache, from_pixels, atol=1e-5)
+
+
 def test_finetune_freeze_vit_uses_the_feature_cache(synth, tmp_path):
     out, cache = tmp_path / "ft", tmp_path / "cache"
     p = run_cli("task1/vit_gpt2_finetuned.py", "--model", synth / "models" / "vit-gpt2", "--data-dir", synth,

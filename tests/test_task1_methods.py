@@ -123,22 +123,28 @@ def _check_run(folder):
 
 
 def test_every_script_runs_end_to_end(synth, tmp_path):
+    cache = tmp_path / "cache"
     common = ["--data-dir", str(synth), "--limit", "16", "--epochs", "1", "--batch-size", "8",
-              "--workers", "0", "--max-new-tokens", "8", "--preset", "greedy", "--lr", "1e-3"]
+              "--workers", "0", "--max-new-tokens", "8", "--preset", "greedy", "--lr", "1e-3",
+              "--cache-dir", str(cache)]
     tiny = str(synth / "models" / "vit-gpt2")
     for script in ("vit_gpt2_attention", "vit_gpt2_teacherF", "vit_gpt2_finetuned_nuclear"):
         out = tmp_path / script
         teacher = script.endswith("teacherF")
         extra = ["--teacher-forcing-ratio", "0.5", "--final-ratio", "0.2"] if teacher else []
+        extra += ["--freeze", "vit"] if script.endswith("nuclear") else []  # a frozen ViT: cached features
         _load(script).main(["--model", tiny, "--output-dir", str(out), *common, *extra])
         assert json.loads((out / "config.json").read_text())["method"].startswith(script)
         _check_run(out)
+    assert len(list(cache.glob("features-*.npy"))) == 3  # nuclear's splits; the others read pixels
     rl = tmp_path / "rl"
-    # SCST starts from the best/ folder of a fine-tuning run
+    # SCST starts from the best/ folder of a fine-tuning run; its ViT, frozen by default, is read from
+    # the feature cache (the fine-tuned encoder's own entries)
     best = str(tmp_path / "vit_gpt2_attention" / "best")
     _load("vit_gpt2_finetuned_RL").main(["--model", best, "--output-dir", str(rl), "--samples", "2",
                                          "--reward", "mix", *common])
     assert "SCST mix" in json.loads((rl / "metrics.json").read_text())["info"]["method"]
+    assert len(list(cache.glob("features-*.npy"))) == 6
     _check_run(rl)
     with pytest.raises(UserError, match="between 0 and 1"):
         _load("vit_gpt2_teacherF").main(["--model", tiny, "--output-dir", str(tmp_path / "x"),
