@@ -51,6 +51,10 @@ def run_main(fn, *args):
 def quiet_libraries() -> None:
     """Keep the libraries' chatter (weight-loading bars, advisory warnings) out of a script's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # peft (0.21) still asks transformers 5 for a renamed attribute on every LoRA wrap; nothing to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         import transformers
 
