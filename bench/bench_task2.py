@@ -31,8 +31,6 @@ a 2048-wide model already fills the matmul units at batch 1, so batching gains l
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
@@ -104,9 +102,7 @@ def captioner(vit: Path, llama: Path, seed: int = 0):
 def ours_epoch(vit: Path, llama: Path, data: Path, out: Path, size: Size, precision: str) -> dict:
     """task2/train.py main() for size.epochs epochs: the faster epoch (training, validation, checkpoint),
     every epoch, and the set-up before the first (models, feature cache)."""
-    from accelerate.state import AcceleratorState
-
-    from bench_train import timed_fit
+    from bench_train import run_timed
     from demo import load_script
 
     script = load_script("task2/train.py")
@@ -115,16 +111,9 @@ def ours_epoch(vit: Path, llama: Path, data: Path, out: Path, size: Size, precis
             "--batch-size", str(size.batch), "--lr", "1e-4", "--mixed-precision", precision, "--workers", "2",
             "--eval-every", "1", "--eval-preset", "greedy", "--preset", "greedy", "--pool", "none",
             "--max-new-tokens", str(size.max_new_tokens), "--patience", "0", "--prompt", PROMPT]
-    AcceleratorState._reset_state(True)  # one process runs several precisions; accelerate keeps one state
-    record: dict = {}
-    with timed_fit(record), contextlib.redirect_stdout(io.StringIO()):
-        t0 = time.perf_counter()
-        script.main(argv)
-    ends = [record["fit_start"], *record["epoch_ends"]]
-    epochs = [b - a for a, b in zip(ends, ends[1:])]
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    return {"epoch_seconds": min(epochs), "epochs_seconds": epochs, "setup_seconds": record["fit_start"] - t0,
-            "losses": [r["train_loss"] for r in log]}
+    res = run_timed(script, argv, out)
+    del res["log"]
+    return res
 
 
 def cache_only(vit: Path, llama: Path, data: Path, out: Path, size: Size, precision: str) -> dict:

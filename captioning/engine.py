@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .config import UserError, to_dict
 from .data import collate
-from .metrics import METRIC_KEYS, evaluate_captions
+from .metrics import evaluate_captions
 
 RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
              "checkpoint", "best", "curves.png")

@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from .config import UserError, run_main
 from .data import read_csv
 from .metrics import METRIC_KEYS

@@ -4,7 +4,6 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from vision import Projector, load_vision, pool_tokens  # noqa: E402
 
 from captioning.cache import feature_cache  # noqa: E402
 from captioning.config import UserError  # noqa: E402
-from captioning.data import collate, load_split  # noqa: E402
+from captioning.data import load_split  # noqa: E402
 
 PROMPT = "The name of the dish in the image is: "
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny ops: a second thread only adds contention on a busy CPU

@@ -60,12 +60,21 @@ def train_epoch(model, loader, optimizer, tokenizer, max_length: int = 32, max_s
     model.train()
     if not any(p.requires_grad for p in model.encoder.parameters()):
         model.encoder.eval()  # frozen, yet still run on every step
+
+    def loss_of(batch):
+        labels, _ = encode_targets(tokenizer, batch["caption"], max_length)
+        return model(pixel_values=batch["pixel_values"], labels=labels).loss
+
+    return optimise(loader, loss_of, optimizer, max_steps)
+
+
+def optimise(loader, loss_of, optimizer, max_steps: int | None = None) -> list:
+    """Plain steps over `loader`: loss, backward, AdamW step; returns the losses."""
     losses = []
     for step, batch in enumerate(loader):
         if max_steps is not None and step == max_steps:
             break
-        labels, _ = encode_targets(tokenizer, batch["caption"], max_length)
-        loss = model(pixel_values=batch["pixel_values"], labels=labels).loss
+        loss = loss_of(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -131,16 +140,13 @@ def anymodal_loss(model, features: torch.Tensor, captions: list[str]) -> torch.T
 def anymodal_epoch(model, encoder, loader, optimizer) -> list:
     """One full-precision training pass; the frozen encoder runs on every batch."""
     model.train()
-    losses = []
-    for batch in loader:
+
+    def loss_of(batch):
         with torch.no_grad():
             features = encoder(pixel_values=batch["pixel_values"]).last_hidden_state
-        loss = anymodal_loss(model, features, batch["caption"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+        return anymodal_loss(model, features, batch["caption"])
+
+    return optimise(loader, loss_of, optimizer)
 
 
 @torch.no_grad()
