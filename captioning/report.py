@@ -136,12 +136,15 @@ table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6
 
 
 def curves(runs: list[Path], out: Path) -> Path | None:
-    """curves.png: training loss and the validation metric per epoch, one line per run."""
-    logs = {}
+    """curves.png: training loss (SCST runs' in a panel of their own) and the validation metric per
+    epoch, one line per run."""
+    logs, scst = {}, set()
     for run in runs:
         rows = _read_log(run / "log.jsonl")
         if rows:
             logs[run.name] = rows
+            if "SCST" in str((_read_json(run / "config.json", {}) or {}).get("method", "")):
+                scst.add(run.name)
     if not logs:
         return None
     import matplotlib
@@ -149,13 +152,22 @@ def curves(runs: list[Path], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    # an SCST loss is a policy-gradient surrogate (negative when samples beat their baseline), not a
+    # cross-entropy: it gets its own panel
+    panels = 3 if scst and len(scst) < len(logs) else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    a, b = axes[0], axes[-1]
+    s = axes[1] if panels == 3 else a
     for name, rows in logs.items():
-        a.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker=".", label=name)
+        (s if name in scst else a).plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker=".",
+                                        label=name)
         val = [(r["epoch"], r["valid"]["CIDEr"]) for r in rows if "CIDEr" in (r.get("valid") or {})]
         if val:
             b.plot(*zip(*val), marker="o", label=name)
-    a.set(title="training loss", xlabel="epoch")
+    a.set(title="training loss" if panels == 2 else "training loss (cross-entropy)", xlabel="epoch")
+    if panels == 3:
+        s.set(title="SCST loss (-advantage x log p)", xlabel="epoch")
+        s.legend(fontsize=8)
     b.set(title="validation CIDEr", xlabel="epoch")
     a.legend(fontsize=8)
     if b.lines:  # runs without a validation epoch draw nothing here

@@ -9,13 +9,13 @@ from captioning.report import report
 from conftest import run_cli
 
 
-def fake_run(root, name, cider, synth):
+def fake_run(root, name, cider, synth, method=""):
     d = root / name
     d.mkdir(parents=True)
     m = {k: 0.5 for k in METRIC_KEYS}
     (d / "metrics.json").write_text(json.dumps({"valid": {**m, "CIDEr": cider}, "test": {**m, "CIDEr": cider + 1},
                                                 "info": {"method": name, "train_seconds": 42}}))
-    (d / "config.json").write_text(json.dumps({"data_dir": str(synth)}))
+    (d / "config.json").write_text(json.dumps({"data_dir": str(synth), "method": method or name}))
     (d / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 3 - e, "valid": {"CIDEr": e}}) + "\n"
                                          for e in (1, 2)))
     (d / "predictions.csv").write_text("Image_Name,reference,prediction\n"
@@ -34,6 +34,19 @@ def test_report_outputs(synth, tmp_path):
     assert "data:image/png;base64" in page and "image not found" in page
     assert "<script>x" not in page and "&lt;script&gt;" in page
     assert out["curves"].stat().st_size > 1000
+    assert image_width(out["curves"]) == 1100  # two panels: training loss, validation CIDEr
+
+
+def test_curves_give_scst_losses_their_own_panel(synth, tmp_path):
+    fake_run(tmp_path, "xe", 1.25, synth)
+    fake_run(tmp_path, "rl", 2.5, synth, method="vit_gpt2_finetuned_RL (SCST cider, mean baseline, after XE)")
+    assert image_width(report(tmp_path)["curves"]) == 1650  # cross-entropy, SCST, validation CIDEr
+
+
+def image_width(path):
+    from PIL import Image
+
+    return Image.open(path).size[0]
 
 
 def test_report_errors(tmp_path):
