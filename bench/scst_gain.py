@@ -163,7 +163,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one SCST run per seed (default 0 1 2)")
     p.add_argument("--valid", type=int, default=2000, help="held-out validation images to draw (default 2000)")
     p.add_argument("--test", type=int, default=10000, help="held-out test images to draw (default 10000)")
-    p.add_argument("--out", default="demo_runs/scst_gain", help="output folder (default demo_runs/scst_gain)")
+    # not under demo_runs: the demo's report would list these runs beside its own
+    p.add_argument("--out", default="runs/scst_gain", help="output folder (default runs/scst_gain)")
     a = p.parse_args(argv)
     from captioning.config import UserError
 
