@@ -141,7 +141,8 @@ def cache_only(vit: Path, llama: Path, data: Path, out: Path, size: Size, precis
     @torch.no_grad()
     def encoded(i):
         with autocast:
-            return encoder(pixel_values=norm(torch.from_numpy(np.array(pixels[i: i + size.batch])))).last_hidden_state
+            values = norm(torch.from_numpy(np.array(pixels[i: i + size.batch])))
+            return encoder(pixel_values=values).last_hidden_state
 
     def epoch(source):
         model.train()
@@ -177,7 +178,8 @@ def generation(vit: Path, llama: Path, size: Size) -> dict:
 
     t_one = best(lambda: [model.generate(x[i: i + 1], **gen) for i in range(8)]) / 8
     t_batch = best(lambda: [model.generate(x[i: i + 16], **gen) for i in range(0, 32, 16)]) / 32
-    return {"ms_per_image_batch1": 1000 * t_one, "ms_per_image_batch16": 1000 * t_batch, "speedup": t_one / t_batch}
+    return {"ms_per_image_batch1": 1000 * t_one, "ms_per_image_batch16": 1000 * t_batch,
+            "speedup": t_one / t_batch}
 
 
 def _seconds(fn) -> float:
@@ -192,23 +194,21 @@ def original_epoch(vit: Path, llama: Path, data: Path, size: Size) -> dict:
     import torch
 
     from baselines.original import anymodal_epoch, anymodal_validation, train_loader
+    from bench_train import timed_epochs
     from captioning.data import load_split
 
     model, encoder, processor = captioner(vit, llama)
     train, _ = load_split(data, "train")
     valid, _ = load_split(data, "valid")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
-    epochs = []
-    for epoch in range(size.epochs):
-        t0 = time.perf_counter()
-        losses = anymodal_epoch(model, encoder, train_loader(train, processor, size.batch, seed=epoch), optimizer)
-        t_train = time.perf_counter() - t0
+    def train_pass(epoch):
+        return anymodal_epoch(model, encoder, train_loader(train, processor, size.batch, seed=epoch), optimizer)
+
+    def validate():
         anymodal_validation(model, encoder, train_loader(valid, processor, size.batch), valid, processor,
                             max_new_tokens=size.max_new_tokens)
-        epochs.append((time.perf_counter() - t0, t_train / len(losses), float(sum(losses) / len(losses))))
-    seconds, step, _ = min(epochs)
-    return {"epoch_seconds": seconds, "epochs_seconds": [e[0] for e in epochs], "train_step_seconds": step,
-            "losses": [e[2] for e in epochs]}
+
+    return timed_epochs(size.epochs, train_pass, validate)
 
 
 # ------------------------------------------------------------------------------------- run

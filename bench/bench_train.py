@@ -253,17 +253,29 @@ def original_epoch(model_dir: Path, data: Path, size: Size, freeze: str) -> dict
     train, _ = load_split(data, "train")
     valid, _ = load_split(data, "valid")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
-    epochs = []
-    for epoch in range(size.epochs):
-        t0 = time.perf_counter()
-        losses = train_epoch(model, train_loader(train, processor, size.batch, seed=epoch), optimizer, tokenizer)
-        t_train = time.perf_counter() - t0
+
+    def validate():
         preds = caption_one_at_a_time(model, valid, processor, tokenizer, "beam", size.max_new_tokens)
         evaluate_captions(preds, [r.references for r in valid])
-        epochs.append((time.perf_counter() - t0, t_train / len(losses), time.perf_counter() - t0 - t_train))
-    seconds, step, validation = min(epochs)
+
+    return timed_epochs(size.epochs, lambda epoch: train_epoch(
+        model, train_loader(train, processor, size.batch, seed=epoch), optimizer, tokenizer), validate)
+
+
+def timed_epochs(n: int, train_pass, validate) -> dict:
+    """n epochs of train_pass(epoch) -> losses, then validate(): the faster epoch's wall time, its
+    training step and validation time, every epoch's time and mean loss."""
+    epochs = []
+    for epoch in range(n):
+        t0 = time.perf_counter()
+        losses = train_pass(epoch)
+        t_train = time.perf_counter() - t0
+        validate()
+        total = time.perf_counter() - t0
+        epochs.append((total, t_train / len(losses), total - t_train, sum(losses) / len(losses)))
+    seconds, step, validation, _ = min(epochs)
     return {"epoch_seconds": seconds, "epochs_seconds": [e[0] for e in epochs], "train_step_seconds": step,
-            "validation_seconds": validation}
+            "validation_seconds": validation, "losses": [e[3] for e in epochs]}
 
 
 def original_eval(model_dir: Path, data: Path, size: Size) -> dict:
