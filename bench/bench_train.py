@@ -311,26 +311,23 @@ def run(size: Size | None = None, quick: bool = False, fp32_row: bool = True, lo
         evaluate_captions(["a dish"], ["a dish"])  # warm: one long-lived METEOR process for both sides, the
         # Java tokenizer's first start and the imports are paid before any timing
 
-        log("  full fine-tuning: the original's approach ...")
-        base_full = original_epoch(model_dir, tmp / "data", size, "none")
-        log(f"    {base_full['epoch_seconds']:.1f} s per epoch; ours ({precision}) ...")
-        ours_full = ours_epoch(model_dir, tmp / "data", tmp / "ours-full", size, "none", precision)
-        log(f"    {ours_full['epoch_seconds']:.1f} s per epoch")
-        res["finetune_epoch_speedup"] = base_full["epoch_seconds"] / ours_full["epoch_seconds"]
-        res["finetune"] = {"original": base_full, "ours": ours_full}
+        def side_by_side(name: str, what: str, freeze: str) -> None:
+            log(f"  {what}: the original's approach ...")
+            base = original_epoch(model_dir, tmp / "data", size, freeze)
+            log(f"    {base['epoch_seconds']:.1f} s per epoch; ours ({precision}) ...")
+            ours = ours_epoch(model_dir, tmp / "data", tmp / f"ours-{name}", size, freeze, precision)
+            log(f"    {ours['epoch_seconds']:.1f} s per epoch")
+            res[f"{name}_epoch_speedup"] = base["epoch_seconds"] / ours["epoch_seconds"]
+            res[name] = {"original": base, "ours": ours}
+
+        side_by_side("finetune", "full fine-tuning", "none")
         if fp32_row and precision != "no":
             log("    ours in fp32 (what the caches and batching give without bf16) ...")
             ours_fp32 = ours_epoch(model_dir, tmp / "data", tmp / "ours-fp32", size, "none", "no")
             res["finetune"]["ours_fp32"] = ours_fp32
-            res["finetune_epoch_speedup_fp32"] = base_full["epoch_seconds"] / ours_fp32["epoch_seconds"]
-
-        log("  frozen encoder (--freeze vit): the original's approach ...")
-        base_frozen = original_epoch(model_dir, tmp / "data", size, "vit")
-        log(f"    {base_frozen['epoch_seconds']:.1f} s per epoch; ours ...")
-        ours_frozen = ours_epoch(model_dir, tmp / "data", tmp / "ours-frozen", size, "vit", precision)
-        log(f"    {ours_frozen['epoch_seconds']:.1f} s per epoch")
-        res["frozen_epoch_speedup"] = base_frozen["epoch_seconds"] / ours_frozen["epoch_seconds"]
-        res["frozen"] = {"original": base_frozen, "ours": ours_frozen}
+            base_seconds = res["finetune"]["original"]["epoch_seconds"]
+            res["finetune_epoch_speedup_fp32"] = base_seconds / ours_fp32["epoch_seconds"]
+        side_by_side("frozen", "frozen encoder (--freeze vit)", "vit")
 
         log("  evaluation (beam search, 4 beams) ...")
         base_eval = original_eval(model_dir, tmp / "data", size)
@@ -342,6 +339,7 @@ def run(size: Size | None = None, quick: bool = False, fp32_row: bool = True, lo
 
         log("  utilisation ...")
         flops = step_flops(model_dir, titles, size)
+        base_full, ours_full = res["finetune"]["original"], res["finetune"]["ours"]
         peak = max(peaks[half], matmul_flops(half))
         peak32 = max(peaks["float32"], matmul_flops("float32"))
         achieved = flops / ours_full["train_step_seconds"]

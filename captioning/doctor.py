@@ -100,24 +100,25 @@ def _tool_version(exe: str, args: list[str]) -> str | None:
     return text.splitlines()[0].strip() if p.returncode == 0 and text else None
 
 
-def check_java() -> Check:
-    exe = shutil.which("java")
-    version = exe and _tool_version(exe, ["-version"])
+def _check_tool(name: str, flag: str, used_for: str, level: str, without: str, fix: str) -> Check:
+    """OK with the version an external program prints, else `level` saying what is lost without it."""
+    exe = shutil.which(name)
+    version = exe and _tool_version(exe, [flag])
     if version:
-        return Check("OK", "java", f"{version} (METEOR and the PTB tokenizer of the metrics)")
+        return Check("OK", name, f"{version} ({used_for})")
     what = "not found on PATH" if not exe else f"{exe} does not run"
-    return Check("FAIL", "java", f"{what}: no metrics can be computed",
-                 "sudo apt-get install default-jre-headless (any Java 8+)")
+    return Check(level, name, f"{what}: {without}", fix)
+
+
+def check_java() -> Check:
+    return _check_tool("java", "-version", "METEOR and the PTB tokenizer of the metrics", "FAIL",
+                       "no metrics can be computed", "sudo apt-get install default-jre-headless (any Java 8+)")
 
 
 def check_tesseract() -> Check:
-    exe = shutil.which("tesseract")
-    version = exe and _tool_version(exe, ["--version"])
-    if version:
-        return Check("OK", "tesseract", f"{version} (OCR text filter of imageCleaning/preprocess.py)")
-    what = "not found on PATH" if not exe else f"{exe} does not run"
-    return Check("WARN", "tesseract", f"{what}: preprocess.py cannot find images with printed text",
-                 "sudo apt-get install tesseract-ocr, or run preprocess.py with --no-ocr")
+    return _check_tool("tesseract", "--version", "OCR text filter of imageCleaning/preprocess.py", "WARN",
+                       "preprocess.py cannot find images with printed text",
+                       "sudo apt-get install tesseract-ocr, or run preprocess.py with --no-ocr")
 
 
 def _existing(path: Path) -> Path:
