@@ -3,7 +3,6 @@ essentials are OK; offline it says "not cached, offline" without touching the ne
 import os
 import shutil
 import socket
-import time
 
 import pytest
 
@@ -59,10 +58,9 @@ def test_offline_lists_every_recipe_model_without_the_network(hub, monkeypatch, 
     weights = {"config.json": b"{}", "model.safetensors": b"x" * 1000}
     cache_model(hub, "nlpconnect/vit-gpt2-image-captioning", weights)
     cache_model(hub, "google/vit-base-patch16-224-in21k", {"config.json": b"{}"})
-    t0 = time.time()
     code = doctor.main(["--hf-token", SECRET])
     out = capsys.readouterr().out
-    assert code == 0 and time.time() - t0 < 60
+    assert code == 0
     checks = lines_of(out)
     assert checks["model nlpconnect/vit-gpt2-image-captioning"][:2] == [
         "OK", "cached, 0.0 GB of weights; used by the task1 recipes"]

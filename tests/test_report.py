@@ -9,6 +9,9 @@ from captioning.report import report
 from conftest import run_cli
 
 
+PANEL_PX = 550  # curves.png draws each panel 5.5 inches wide at 100 dpi
+
+
 def fake_run(root, name, cider, synth, method=""):
     d = root / name
     d.mkdir(parents=True)
@@ -34,13 +37,13 @@ def test_report_outputs(synth, tmp_path):
     assert "data:image/png;base64" in page and "image not found" in page
     assert "<script>x" not in page and "&lt;script&gt;" in page
     assert out["curves"].stat().st_size > 1000
-    assert image_width(out["curves"]) == 1100  # two panels: training loss, validation CIDEr
+    assert image_width(out["curves"]) == 2 * PANEL_PX  # training loss, validation CIDEr
 
 
 def test_curves_give_scst_losses_their_own_panel(synth, tmp_path):
     fake_run(tmp_path, "xe", 1.25, synth)
     fake_run(tmp_path, "rl", 2.5, synth, method="vit_gpt2_finetuned_RL (SCST cider, mean baseline, after XE)")
-    assert image_width(report(tmp_path)["curves"]) == 1650  # cross-entropy, SCST, validation CIDEr
+    assert image_width(report(tmp_path)["curves"]) == 3 * PANEL_PX  # cross-entropy, SCST, validation CIDEr
 
 
 def image_width(path):

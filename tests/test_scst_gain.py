@@ -3,6 +3,7 @@ import json
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import ROOT, assert_clean_failure, run_cli
@@ -21,7 +22,9 @@ def test_scst_gain_pairs_the_same_test_images(synth, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((out / "scst_gain.json").read_text())
     xe, scst = per_image_cider(out / "xe"), per_image_cider(out / "scst-seed0")
-    assert len(xe) == len(scst) == 16  # the same fresh test images on both sides
+    assert len(xe) == len(scst) == 16
+    names = [pd.read_csv(out / run / "predictions.csv")["Image_Name"].tolist() for run in ("xe", "scst-seed0")]
+    assert names[0] == names[1]  # the same fresh test images, in the same order, on both sides
     # per-image scores average to the corpus CIDEr each run reported, and the change is theirs
     assert xe.mean() == pytest.approx(res["xe"]["test"]["CIDEr"], abs=1e-9)
     run = res["runs"][0]
@@ -29,11 +32,12 @@ def test_scst_gain_pairs_the_same_test_images(synth, tmp_path):
     assert run["change"] == pytest.approx(run["test"]["CIDEr"] - res["xe"]["test"]["CIDEr"], abs=1e-9)
     low, high = run["interval"]
     assert low <= run["change"] <= high
-    assert run["images_better"] + run["images_worse"] <= 16
+    assert run["images_better"] + run["images_worse"] == int(((scst - xe) != 0).sum())
     assert "SCST seed 0" in (out / "SCST.md").read_text()
     # the drawn images never collide with the training images
-    names = [line.split(",")[-1] for line in (out / "data" / "test_data.csv").read_text().splitlines()[1:]]
-    assert all(n.startswith("dish-1002-") for n in names)
+    drawn = set(pd.read_csv(out / "data" / "test_data.csv")["Image_Name"])
+    ours = set().union(*(pd.read_csv(synth / f"{s}_data.csv")["Image_Name"] for s in ("train", "valid", "test")))
+    assert drawn and not drawn & ours
 
 
 def test_paired_bootstrap_interval():

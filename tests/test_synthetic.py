@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from captioning import synthetic
-from conftest import run_cli
+from conftest import assert_clean_failure, run_cli
 
 
 def digest(folder):
@@ -61,4 +61,4 @@ def test_cli_with_models(tmp_path):
     assert (tmp_path / "models" / "vit-gpt2" / "model.safetensors").exists()
     assert (tmp_path / "models" / "tokenizer" / "tokenizer.json").exists()
     bad = run_cli("-m", "captioning.synthetic", "--out", tmp_path / "x", "--n", "3")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert_clean_failure(bad, "at least 10")

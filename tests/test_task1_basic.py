@@ -31,8 +31,8 @@ def test_task1_1_end_to_end(synth, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     check_run_folder(out, trained=False)
     assert "task1_1" in p.stdout and "CIDEr" in p.stdout
-    # the dirty entries were skipped by name, with a count
-    assert "zz-blank" not in p.stderr or "skipped" in p.stderr
+    # the blank (grey) image of the valid split loads fine: it is captioned, not skipped
+    assert "zz-blank" in (out / "predictions_valid.csv").read_text()
 
 
 def test_finetuned_one_epoch_and_freeze(synth, tmp_path):
@@ -60,15 +60,11 @@ def test_finetuned_bad_arguments(synth, tmp_path, args, words):
 
 
 def test_unwritable_output_dir(synth, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    blocker = tmp_path / "file"
+    blocker = tmp_path / "file"  # a file where the output folder's parent should be
     blocker.write_text("mine")
-    for out in (blocker / "run", ro / "run") if False else (blocker / "run",):
-        p = run_cli("task1/task1_1.py", "--model", synth / "models" / "vit-gpt2", "--data-dir", synth,
-                    "--output-dir", out)
-        assert_clean_failure(p, "cannot")
+    p = run_cli("task1/task1_1.py", "--model", synth / "models" / "vit-gpt2", "--data-dir", synth,
+                "--output-dir", blocker / "run")
+    assert_clean_failure(p, "cannot")
     assert blocker.read_text() == "mine"
 
 

@@ -102,7 +102,9 @@ def test_scst_step_makes_a_better_than_baseline_sample_more_likely(tiny):
     model.eval()
     assert out.loss.requires_grad and np.isfinite(out.loss.item())
     assert len(out.samples) == 2 and all(len(s) == 4 for s in out.samples)
-    assert out.reward_seconds >= 0
+    # the step reports the reward of its own samples; the leave-one-out baselines average to the same
+    assert out.reward == pytest.approx(np.mean([float("lemon" in s.lower()) for g in out.samples for s in g]))
+    assert out.baseline == pytest.approx(out.reward)
 
 
 def _load(script):

@@ -273,7 +273,7 @@ def test_train_and_inferllama_end_to_end(synth, tmp_path):
                           "--preset", "greedy",
                           "--max-new-tokens", "12", "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
     info = json.loads((res / "metrics.json").read_text())["info"]
-    assert set(metrics) == {"test"} and 0 <= info["ended_with_eos"] <= 1 and info["captions"] > 0
+    assert set(metrics) == {"test"} and info["captions"] > 0
     trained = (out / "predictions.csv").read_text()
     assert (res / "predictions.csv").read_text() == trained  # the same captions from the saved run
 
