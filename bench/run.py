@@ -2,7 +2,7 @@
 
     python bench/run.py                      # everything (about 6 minutes on 2 quiet cores)
     python bench/run.py --only train,ocr     # some of them
-    python bench/run.py --quick --out /tmp/b # tiny sizes: checks the plumbing, not the speed
+    python bench/run.py --quick              # tiny sizes: checks the plumbing, not the speed (runs/bench)
 
 Each ratio is measured side by side in this one run, on the same data, model size and machine:
   bench_train   ViT-GPT2 epochs (full fine-tuning, frozen encoder), evaluation captions/s, utilisation
@@ -289,13 +289,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {', '.join(BENCHES)}")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs, not the speed")
-    p.add_argument("--out", default=str(HERE), help="folder for RESULTS.md and results.json (default bench/)")
+    p.add_argument("--out", help="folder for RESULTS.md and results.json (default: bench/ for a full run; runs/bench "
+                                 "with --quick or --only, so the committed record is never replaced by a partial one)")
     a = p.parse_args(argv)
     only = [x.strip() for x in a.only.split(",") if x.strip()]
     unknown = [x for x in only if x not in BENCHES]
     if unknown:
         print(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}.", file=sys.stderr)
         sys.exit(2)
+    if a.out is None:
+        a.out = str(HERE if not a.quick and set(only) == set(BENCHES) else HERE.parent / "runs" / "bench")
     t0 = time.time()
     load_before = os.getloadavg()
     result = run_benches(only, a.quick)

@@ -35,26 +35,38 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def held_out_data(out: Path, train_dir: Path, images_dir: Path, valid: int, test: int) -> Path:
-    """OUT/data: the XE run's training CSV (its images copied), and fresh synthetic valid and test splits."""
+    """OUT/data: the XE run's training CSV (its images copied), and fresh synthetic valid and test splits.
+    OUT/data/drawn.json, written last, records the settings; a later run with the same ones reuses the data."""
     import pandas as pd
 
     from captioning.config import UserError
-    from captioning.data import read_csv
+    from captioning.data import read_csv, resolve_image
     from captioning.synthetic import make_dataset
 
-    data = out / "data"
-    if (data / "test_data.csv").exists():
-        return data  # drawn by an earlier run into this OUT: the same images again
+    data, marker = out / "data", out / "data" / "drawn.json"
+    settings = {"data_dir": str(train_dir.resolve()), "images_dir": str(images_dir.resolve()), "valid": valid,
+                "test": test}
+    if marker.exists():
+        if json.loads(marker.read_text()) == settings:
+            return data  # drawn by an earlier run into this OUT: the same images again
+        raise UserError(f"{out} holds held-out data drawn with other settings ({marker}); "
+                        "pass another --out.")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already holds files this script did not finish writing (no {marker}); "
+                        "pass another --out, or delete it if it is an interrupted earlier run.")
     if not (train_dir / "train_data.csv").exists():
         raise UserError(f"{train_dir / 'train_data.csv'} not found: pass --data-dir (the XE run's data; "
                         "run `make demo` first for the default).")
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir} is not a folder: pass --images-dir (the XE run's training images).")
     images = data / "images"
     images.mkdir(parents=True, exist_ok=True)
     train = read_csv(train_dir / "train_data.csv", required=("Title", "Image_Name"))
-    for name in train["Image_Name"]:
-        src = next((p for p in (images_dir / f"{name}.jpg", images_dir / str(name)) if p.is_file()), None)
-        if src is not None:
-            shutil.copy2(src, images / src.name)
+    found = [src for src in (resolve_image(images_dir, name) for name in train["Image_Name"]) if src is not None]
+    if not found:
+        raise UserError(f"none of the images named in {train_dir / 'train_data.csv'} is in {images_dir}.")
+    for src in found:
+        shutil.copy2(src, images / src.name)
     train.to_csv(data / "train_data.csv", index=False)
     for split, n, seed in (("valid", valid, 1001), ("test", test, 1002)):
         drawn = out / f"drawn-{split}"
@@ -64,6 +76,7 @@ def held_out_data(out: Path, train_dir: Path, images_dir: Path, valid: int, test
             shutil.move(drawn / "images" / f"{name}.jpg", images / f"{name}.jpg")
         rows.to_csv(data / f"{split}_data.csv", index=False)
         shutil.rmtree(drawn)
+    marker.write_text(json.dumps(settings))
     return data
 
 

@@ -52,3 +52,24 @@ def test_paired_bootstrap_interval():
 def test_scst_gain_without_a_model_is_one_sentence(tmp_path):
     p = run_cli("bench/scst_gain.py", "--xe", tmp_path / "nothing", "--out", tmp_path / "o")
     assert_clean_failure(p, "make demo")
+
+
+def test_scst_gain_refuses_a_folder_it_did_not_write(synth, tmp_path):
+    mine = tmp_path / "out" / "data" / "train_data.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("Title,Image_Name\nmy own split,x\n")
+    p = run_cli("bench/scst_gain.py", "--xe", synth / "models" / "vit-gpt2", "--data-dir", synth,
+                "--images-dir", synth / "images", "--out", tmp_path / "out")
+    assert_clean_failure(p, "another --out")
+    assert mine.read_text() == "Title,Image_Name\nmy own split,x\n"
+
+
+def test_scst_gain_without_the_training_images_is_one_sentence(synth, tmp_path):
+    p = run_cli("bench/scst_gain.py", "--xe", synth / "models" / "vit-gpt2", "--data-dir", synth,
+                "--images-dir", tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert_clean_failure(p, "not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = run_cli("bench/scst_gain.py", "--xe", synth / "models" / "vit-gpt2", "--data-dir", synth,
+                "--images-dir", empty, "--out", tmp_path / "out2")
+    assert_clean_failure(p, "none of the images")
