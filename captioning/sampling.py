@@ -17,6 +17,7 @@ import math
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
 
 # How a value moves from `start` to `end` over training (progress 0 -> 1):
 #   "constant"         stays at start
@@ -50,14 +51,6 @@ def encode(model, pixel_values, grad: bool | None = None) -> BaseModelOutput:
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
     with torch.set_grad_enabled(grad):
         return BaseModelOutput(last_hidden_state=enc(pixel_values=pixel_values).last_hidden_state)
-
-
-def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
-    """Decoder inputs for `labels`: the start token, then the labels minus the last (-100 -> pad)."""
-    inputs = labels.new_full(labels.shape, pad_id)
-    inputs[:, 0] = start_id
-    inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
-    return inputs
 
 
 def gold_targets(tokenizer, batch: dict, max_length: int = 32):
@@ -101,7 +94,7 @@ def scheduled_sampling_loss(model, encoder_outputs, labels, mask, ratio: float, 
     cfg = getattr(model, "module", model).config
     start_id = cfg.decoder_start_token_id if start_id is None else start_id
     pad_id = cfg.pad_token_id if pad_id is None else pad_id
-    inputs = shift_right(labels, start_id, pad_id)
+    inputs = shift_tokens_right(labels, pad_id, start_id)  # the model's own shift: start token, -100 -> pad
     if ratio < 1.0:
         with torch.no_grad():
             first = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state.detach())
