@@ -96,7 +96,10 @@ def tesseract_version() -> str:
     if not exe:
         raise UserError("tesseract is not installed (Debian/Ubuntu: sudo apt-get install tesseract-ocr); "
                         "install it or pass --no-ocr.")
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"{exe} does not run ({type(e).__name__}); reinstall tesseract-ocr or pass --no-ocr.") from None
     return (out.stdout or out.stderr).split("\n", 1)[0].strip()
 
 
@@ -225,7 +228,8 @@ def check_images(paths, cache_file, workers: int = 2, batch_size: int = 16, ocr:
         def keep(items):
             for key, result in items:
                 done[key] = result
-                f.write(json.dumps({"key": key, "result": result}) + "\n")
+                if not result.get("ocr_error"):  # a failed OCR is tried again by the next run, not kept
+                    f.write(json.dumps({"key": key, "result": result}) + "\n")
             f.flush()
             bar.update(len(items))
 

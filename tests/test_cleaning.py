@@ -216,3 +216,25 @@ def test_bad_input_fails_with_one_sentence(synth, tmp_path):
     (broken / "valid_data.csv").write_text("Name;Picture\nx;y\n")
     assert_clean_failure(run_cli(SCRIPT, "--data-dir", broken, "--images-dir", synth / "images",
                                  "--out", tmp_path / "o2"), "Image_Name")
+
+
+def test_a_failed_ocr_is_kept_but_never_cached(tmp_path, monkeypatch):
+    """An image whose OCR failed (e.g. missing language data) stays in, is named in a warning, and is
+    read again by the next run instead of being remembered as 'no text'."""
+    from captioning import cleaning
+
+    img = tmp_path / "dish.jpg"
+    synthetic.draw_dish(np.random.default_rng(0))[0].save(img)
+    cache = tmp_path / "checks.jsonl"
+
+    def broken(pages, psm):
+        raise RuntimeError("Failed loading language 'eng'")
+
+    monkeypatch.setattr(cleaning, "run_tesseract", broken)
+    results, cached = check_images([img], cache, workers=1)
+    assert results[str(img)]["status"] == "ok" and "eng" in results[str(img)]["ocr_error"] and cached == 0
+    assert cache.read_text() == ""
+    monkeypatch.undo()
+    results, cached = check_images([img], cache, workers=1)
+    assert cached == 0 and "ocr_error" not in results[str(img)] and results[str(img)]["ocr"]
+    assert check_images([img], cache, workers=1)[1] == 1  # a good result is cached
