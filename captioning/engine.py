@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .config import UserError, to_dict
 from .data import collate
-from .metrics import evaluate_captions
+from .metrics import caption_spread, collapse_warning, evaluate_captions
 
 RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
              "checkpoint", "best", "curves.png")
@@ -233,19 +233,26 @@ def score(dataset, predictions) -> dict:
 
 def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, collate_fn=collate,
                     info: dict | None = None) -> dict:
-    """Caption valid and test with cfg.preset, write predictions and metrics.json; returns metrics."""
-    metrics = {}
+    """Caption valid and test with cfg.preset, write predictions and metrics.json; returns metrics.
+
+    metrics.json also records each split's caption spread (metrics.caption_spread) under "collapse",
+    and the log says in words when one caption covers more than half of a split."""
+    metrics, spread = {}, {}
     for split in ("valid", "test"):
         ds = datasets.get(split)
         if ds is None or len(ds) == 0:
             continue
         preds = generate_split(caption_fn, model, ds, cfg, cfg.preset, device, f"captioning {split}", collate_fn)
         metrics[split] = score(ds, preds)
+        spread[split] = caption_spread(preds)
+        warning = collapse_warning(spread[split], f"{split} images")
+        if warning:
+            print(warning, file=sys.stderr)
         run.write_predictions(ds.records, preds, "predictions.csv" if split == "test" else "predictions_valid.csv")
     if not metrics:
         raise UserError("nothing to evaluate: the valid and test splits have no usable images.")
-    run.write_json("metrics.json", {**metrics, "info": {"method": run.method, "preset": cfg.preset,
-                                                         **(info or {})}})
+    run.write_json("metrics.json", {**metrics, "collapse": spread,
+                                    "info": {"method": run.method, "preset": cfg.preset, **(info or {})}})
     return metrics
 
 
@@ -402,6 +409,11 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
                                        accelerator.device, "validating", recipe.collate)
                 m = score(datasets["valid"], preds)
                 row["valid"] = m
+                spread = caption_spread(preds)
+                row["collapse"] = {k: spread[k] for k in ("distinct_share", "top_share")}
+                warning = collapse_warning(spread, "validation images")
+                if warning:
+                    print(warning, file=sys.stderr)
                 value = m[cfg.monitor]
                 if state["best"] is None or value > state["best"]:
                     state.update(best=value, best_epoch=epoch + 1, bad_evals=0)
@@ -415,8 +427,11 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
         state["epochs_done"] = epoch + 1
         if accelerator.is_main_process:
             v = row.get("valid", {}).get(cfg.monitor)
+            c = row.get("collapse")
             print(f"epoch {epoch + 1}: loss {train_loss:.4f}" + (f", valid {cfg.monitor} {v:.4f}" if v is not None
-                                                                  else "") + (" (early stop)" if stop else ""))
+                                                                  else "")
+                  + (f", {c['distinct_share']:.0%} distinct captions (top one {c['top_share']:.0%})" if c else "")
+                  + (" (early stop)" if stop else ""))
             run.log(row)
             if getattr(cfg, "report_to", "none") != "none":
                 accelerator.log({"train_loss": train_loss, **{f"valid/{k}": x for k, x in row.get("valid", {}).items()}},

@@ -7,6 +7,10 @@ Both sides go through pycocoevalcap's PTBTokenizer (lower-case, punctuation stri
 pycocoevalcap's CIDEr-D with document frequencies from the evaluated references. METEOR runs in
 one long-lived Java process per Python process (starting it costs ~6 s).
 
+Collapse guard: caption_spread(predictions) gives the share of distinct captions and the most frequent
+caption's share; collapse_warning says in words when one caption covers more than half of the images
+(the failure users of captioning toolkits report most after running out of memory).
+
 Per-caption rewards for SCST: CiderD (document frequencies fixed once from the training
 references; equal to pycocoevalcap's CiderScorer given the same frequencies) and meteor_scores
 (a whole batch per call to that Java process), both on fast_tokenize instead of the Java tokenizer.
@@ -119,6 +123,32 @@ def evaluate_captions(predictions, references, meteor: bool = True) -> dict:
     out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return {k: out[k] for k in METRIC_KEYS}
+
+
+# One caption on more than this share of the images: the run has collapsed (COLLAPSE_SHARE).
+COLLAPSE_SHARE = 0.5
+
+
+def caption_spread(predictions) -> dict:
+    """How varied a split's captions are: {"distinct_share": distinct captions / captions,
+    "top_share": the most frequent caption's share, "top_caption": that caption,
+    "collapsed": top_share > COLLAPSE_SHARE}. Captions are compared after text.normalize, ignoring case."""
+    captions = [normalize(p).lower() for p in predictions]
+    if not captions:
+        return {"distinct_share": 0.0, "top_share": 0.0, "top_caption": "", "collapsed": False}
+    top, count = Counter(captions).most_common(1)[0]
+    share = count / len(captions)
+    return {"distinct_share": len(set(captions)) / len(captions), "top_share": share, "top_caption": top,
+            "collapsed": share > COLLAPSE_SHARE}
+
+
+def collapse_warning(spread: dict, where: str = "images") -> str | None:
+    """One sentence when a caption covers more than half of the images (see caption_spread), else None."""
+    if not spread.get("collapsed"):
+        return None
+    return (f"warning: the same caption {spread['top_caption']!r} is given to {spread['top_share']:.0%} of the "
+            f"{where} ({spread['distinct_share']:.0%} of the captions are distinct): the model has collapsed to "
+            "one caption; check the learning rate, the labels and the data before trusting its scores.")
 
 
 def read_predictions(path):

@@ -53,6 +53,17 @@ def _read_log(path: Path) -> list[dict]:
     return rows
 
 
+def _collapse_mark(metrics: dict, split: str) -> str:
+    """" COLLAPSED (...)" when one caption covers more than half of the split (metrics.caption_spread)."""
+    spread = metrics.get("collapse")
+    spread = spread.get(split) if isinstance(spread, dict) else None
+    if not isinstance(spread, dict) or not spread.get("collapsed"):
+        return ""
+    share = spread.get("top_share")
+    share = f"{share:.0%}" if isinstance(share, (int, float)) else "most"
+    return f" **COLLAPSED: one caption for {share} of the images**"
+
+
 def results_table(runs: list[Path], root: Path) -> str:
     head = ["run", "method", "split", *METRIC_KEYS, "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 1)]
@@ -67,7 +78,8 @@ def results_table(runs: list[Path], root: Path) -> str:
                 m = metrics[split]
                 vals = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "?" for k in METRIC_KEYS]
                 name = str(run.relative_to(root)) if run != root else run.name
-                lines.append("| " + " | ".join([name, info.get("method", "?"), split, *vals, when]) + " |")
+                method = str(info.get("method", "?")) + _collapse_mark(metrics, split)
+                lines.append("| " + " | ".join([name, method, split, *vals, when]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ metrics.json; on a folder of new photos (--images) it writes predictions.csv onl
     python task2/inferllama.py --run runs/llama_lora --data-dir data --output-dir runs/inferllama
     python task2/inferllama.py --run runs/llama_lora --images my_photos/ --output-dir runs/my_photos
 """
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,9 @@ def main(argv=None):
         metrics = evaluate_splits(run, cfg, caption, model, datasets, device)
         eos = {"captions": model.stats["captions"],
                "ended_with_eos": model.stats["ended_with_eos"] / max(1, model.stats["captions"])}
-        info = {"method": run.method, "preset": cfg.preset, "trained_run": str(Path(cfg.run).resolve()),
-                **eos}
-        run.write_json("metrics.json", {**metrics, "info": info})
+        saved = json.loads((run.dir / "metrics.json").read_text())  # keeps evaluate_splits' caption spread
+        saved["info"].update(trained_run=str(Path(cfg.run).resolve()), **eos)
+        run.write_json("metrics.json", saved)
         print_metrics(run.method, metrics)
     print(f"{model.stats['ended_with_eos']} of {model.stats['captions']} captions ended with EOS "
           f"(the rest reached --max-new-tokens {cfg.max_new_tokens}); written to {run.dir}")
