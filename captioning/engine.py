@@ -228,7 +228,8 @@ def generate_split(caption_fn, model, dataset, cfg, preset: str, device, desc: s
 
 
 def score(dataset, predictions) -> dict:
-    return evaluate_captions(predictions, [r.references for r in dataset.records])
+    """The metrics of one split, with the number of images scored (a --limit run says so)."""
+    return {**evaluate_captions(predictions, [r.references for r in dataset.records]), "images": len(predictions)}
 
 
 def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, collate_fn=collate,

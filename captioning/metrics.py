@@ -159,15 +159,25 @@ def read_predictions(path):
     df = read_csv(path, required=("prediction", "reference"))
     if df.empty:
         raise UserError(f"{path} has no rows to score.")
-    refs = []
+    preds, refs, blank = [], [], 0
     for row in df.to_dict("records"):
         extra = row.get("references") or ""
         try:
             more = json.loads(extra) if extra else []
         except json.JSONDecodeError:
             more = []
-        refs.append([row["reference"]] + [m for m in more if isinstance(m, str) and m != row["reference"]])
-    return df["prediction"].tolist(), refs
+        these = [r for r in [row["reference"], *more] if isinstance(r, str) and normalize(r)]
+        if not these:  # a photo captioned from a folder has no reference: nothing to score it against
+            blank += 1
+            continue
+        preds.append(row["prediction"])
+        refs.append(list(dict.fromkeys(these)))
+    if not refs:
+        raise UserError(f"{path} has no references (captions of new photos, e.g. from inferllama --images): "
+                        "there is nothing to score them against.")
+    if blank:
+        print(f"warning: {path}: left out {blank} of {len(df)} row(s) without a reference.", file=sys.stderr)
+    return preds, refs
 
 
 # ------------------------------------------------------------------- per-caption rewards (SCST)
@@ -292,9 +302,10 @@ def meteor_scores(captions, references, chunk: int = 256) -> list[float]:
 
 
 def format_table(rows: dict[str, dict]) -> str:
-    """Markdown table: one row per name, one column per metric."""
-    head = "| run | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---:|" * len(METRIC_KEYS) + "\n"
-    body = "".join(f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_KEYS) + " |\n"
+    """Markdown table: one row per name, the number of images scored, one column per metric."""
+    head = "| run | images | " + " | ".join(METRIC_KEYS) + " |\n|---|---:|" + "---:|" * len(METRIC_KEYS) + "\n"
+    body = "".join(f"| {name} | {m.get('images', '?')} | "
+                   + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_KEYS) + " |\n"
                    for name, m in rows.items())
     return head + body
 
@@ -310,7 +321,7 @@ def main(argv=None):
     results = {}
     for path in a.predictions:
         preds, refs = read_predictions(path)
-        results[path] = evaluate_captions(preds, refs)
+        results[path] = {**evaluate_captions(preds, refs), "images": len(preds)}
     print(json.dumps(results, indent=2) if a.json else format_table(results), end="")
 
 

@@ -65,8 +65,8 @@ def _collapse_mark(metrics: dict, split: str) -> str:
 
 
 def results_table(runs: list[Path], root: Path) -> str:
-    head = ["run", "method", "split", *METRIC_KEYS, "train time"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 1)]
+    head = ["run", "method", "split", "images", *METRIC_KEYS, "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 2)]
     for run in runs:
         metrics = _read_json(run / "metrics.json", {})
         info = metrics.get("info") if isinstance(metrics.get("info"), dict) else {}
@@ -79,11 +79,16 @@ def results_table(runs: list[Path], root: Path) -> str:
                 vals = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "?" for k in METRIC_KEYS]
                 name = str(run.relative_to(root)) if run != root else run.name
                 method = str(info.get("method", "?")) + _collapse_mark(metrics, split)
-                lines.append("| " + " | ".join([name, method, split, *vals, when]) + " |")
+                n = m.get("images")  # runs written before the count was recorded show "?"
+                n = str(n) if isinstance(n, int) else "?"
+                lines.append("| " + " | ".join([name, method, split, n, *vals, when]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _thumb(path: Path | None, size: int = 112) -> str:
+THUMB_PX = 224  # longest side of a gallery picture
+
+
+def _thumb(path: Path | None, size: int = THUMB_PX) -> str:
     from PIL import Image
 
     from .data import ImageError, load_image
@@ -94,8 +99,8 @@ def _thumb(path: Path | None, size: int = 112) -> str:
         im = load_image(path)
     except ImageError as e:
         return f"<i>{html.escape(str(e))}</i>"
-    im.thumbnail((size, size), Image.NEAREST if max(im.size) < size else Image.BICUBIC)
-    if max(im.size) < size:
+    im.thumbnail((size, size), Image.BICUBIC)
+    if max(im.size) < size:  # a small picture is enlarged by a whole factor, pixels kept sharp
         k = size // max(im.size)
         im = im.resize((im.width * k, im.height * k), Image.NEAREST)
     buf = io.BytesIO()
@@ -103,8 +108,18 @@ def _thumb(path: Path | None, size: int = 112) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def gallery(runs: list[Path], out: Path, n: int = 16) -> Path | None:
-    """gallery.html: the first n test images with the reference and every run's caption."""
+def _caption_cell(text, reference: str) -> str:
+    if text is None:
+        return "<td class=none><i>(not captioned)</i></td>"
+    if not str(text).strip():
+        return "<td class=no><i>(empty caption)</i></td>"
+    ok = str(text).strip().lower() == reference.strip().lower()
+    return f"<td class={'ok' if ok else 'no'}>{html.escape(str(text))}</td>"
+
+
+def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | None:
+    """gallery.html: n test images drawn at random (seeded, so reruns compare the same images), each
+    with its name, the reference and every run's caption."""
     from .data import resolve_image
 
     preds, images_dir = {}, None
@@ -117,45 +132,81 @@ def gallery(runs: list[Path], out: Path, n: int = 16) -> Path | None:
         except UserError as e:
             print(f"warning: {e} The run is left out of the gallery.", file=sys.stderr)
             continue
-        preds[run.name] = df
+        if not df["reference"].str.strip().any():  # captions of new photos: no test split to compare
+            continue
+        preds[run.name] = df.drop_duplicates("Image_Name").set_index("Image_Name")
         cfg = _read_json(run / "config.json", {})
         if images_dir is None and cfg.get("data_dir"):
             images_dir = Path(cfg.get("images_dir") or Path(cfg["data_dir"]) / "images")
     if not preds:
         return None
-    first = next(iter(preds.values())).head(n)
+    base = next(iter(preds.values()))
+    shown = base.sample(min(n, len(base)), random_state=seed).sort_index() if n > 0 else base.iloc[:0]
     names = list(preds)
     rows = []
-    for _, r in first.iterrows():
-        path = resolve_image(images_dir, r["Image_Name"]) if images_dir else None
-        cells = [f"<td>{_thumb(path)}</td>", f"<td class=ref>{html.escape(r['reference'])}</td>"]
+    for image, r in shown.iterrows():
+        path = resolve_image(images_dir, image) if images_dir else None
+        cells = [f"<td>{_thumb(path)}<div class=name>{html.escape(str(image))}</div></td>",
+                 f"<td class=ref>{html.escape(r['reference'])}</td>"]
         for name in names:
             df = preds[name]
-            hit = df.loc[df["Image_Name"] == r["Image_Name"], "prediction"]
-            text = hit.iloc[0] if len(hit) else ""
-            ok = text.strip().lower() == r["reference"].strip().lower()
-            cells.append(f"<td class={'ok' if ok else 'no'}>{html.escape(text)}</td>")
+            cells.append(_caption_cell(df.at[image, "prediction"] if image in df.index else None, r["reference"]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference", *names])
     page = f"""<!doctype html><meta charset=utf-8><title>Caption gallery</title>
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:middle}}
-table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6e6}} .no{{background:#fbeaea}}</style>
-<h1>Test captions</h1><p>Green: the prediction equals the reference (ignoring case).</p>
+table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6e6}} .no{{background:#fbeaea}}
+.name{{font-family:monospace;font-size:small;color:#555}}</style>
+<h1>Test captions</h1><p>{len(shown)} of the {len(base)} test images, drawn at random (seed {seed}), sorted by
+name. Green: the prediction equals the reference (ignoring case).</p>
 <table><tr>{head}</tr>{''.join(rows)}</table>"""
     path = out / "gallery.html"
     path.write_text(page)
     return path
 
 
+def _continues(runs: list[Path], configs: dict) -> dict:
+    """{run name: name of the run it continues}: a run whose --model is another run's best/ folder
+    (SCST after cross-entropy) carries on that run's epochs."""
+    by_dir = {run.resolve(): run.name for run in runs}
+    out = {}
+    for run in runs:
+        model = str(configs.get(run.name, {}).get("model") or "")
+        if not model:
+            continue
+        folder = Path(model).parent if Path(model).name == "best" else Path(model)
+        for cand in (folder, run.parent / folder.name):  # as launched, or a sibling in the runs folder
+            parent = by_dir.get(cand.resolve())
+            if parent and parent != run.name:
+                out[run.name] = parent
+                break
+    return out
+
+
 def curves(runs: list[Path], out: Path) -> Path | None:
-    """curves.png: training loss (SCST runs' in a panel of their own) and the validation metric per
-    epoch, one line per run."""
-    logs, scst = {}, set()
+    """curves.png (curve_figure), or None when no run has a training log."""
+    fig = curve_figure(runs)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def curve_figure(runs: list[Path]):
+    """The figure of curves.png: training loss (SCST runs' in a panel of their own) and the validation metric per
+    epoch, one colour per run in every panel. A run that continues another (SCST from a fine-tuned
+    run's best/) is drawn after that run's last epoch."""
+    logs, configs, scst = {}, {}, set()
     for run in runs:
         rows = _read_log(run / "log.jsonl")
         if rows:
             logs[run.name] = rows
-            if "SCST" in str((_read_json(run / "config.json", {}) or {}).get("method", "")):
+            configs[run.name] = _read_json(run / "config.json", {}) or {}
+            if "SCST" in str(configs[run.name].get("method", "")):
                 scst.add(run.name)
     if not logs:
         return None
@@ -163,7 +214,18 @@ def curves(runs: list[Path], out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    parents = _continues([r for r in runs if r.name in logs], configs)
+
+    def offset(name, seen=()):
+        parent = parents.get(name)
+        if parent is None or parent in seen:
+            return 0
+        return logs[parent][-1]["epoch"] + offset(parent, (*seen, name))
+
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(logs)}
     # an SCST loss is a policy-gradient surrogate (negative when samples beat their baseline), not a
     # cross-entropy: it gets its own panel
     panels = 3 if scst and len(scst) < len(logs) else 2
@@ -171,11 +233,14 @@ def curves(runs: list[Path], out: Path) -> Path | None:
     a, b = axes[0], axes[-1]
     s = axes[1] if panels == 3 else a
     for name, rows in logs.items():
-        (s if name in scst else a).plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], marker=".",
-                                        label=name)
-        val = [(r["epoch"], r["valid"]["CIDEr"]) for r in rows if "CIDEr" in (r.get("valid") or {})]
+        shift = offset(name)
+        label = f"{name} (after {parents[name]})" if shift else name
+        style = dict(color=colour[name], label=label)
+        (s if name in scst else a).plot([r["epoch"] + shift for r in rows], [r["train_loss"] for r in rows],
+                                        marker=".", **style)
+        val = [(r["epoch"] + shift, r["valid"]["CIDEr"]) for r in rows if "CIDEr" in (r.get("valid") or {})]
         if val:
-            b.plot(*zip(*val), marker="o", label=name)
+            b.plot(*zip(*val), marker="o", **style)
     a.set(title="training loss" if panels == 2 else "training loss (cross-entropy)", xlabel="epoch")
     if panels == 3:
         s.set(title="SCST loss (-advantage x log p)", xlabel="epoch")
@@ -184,11 +249,10 @@ def curves(runs: list[Path], out: Path) -> Path | None:
     a.legend(fontsize=8)
     if b.lines:  # runs without a validation epoch draw nothing here
         b.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def report(root, gallery_size: int = 16) -> dict:

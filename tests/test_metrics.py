@@ -62,4 +62,20 @@ def test_cli(tmp_path):
 
     got = json.loads(proc.stdout)[str(p)]
     want = evaluate_captions(["Two Lemons on a Plate", "A Bowl of Stew"], ["Two Lemons on a Plate", "A Bowl of Soup"])
-    assert got == pytest.approx(want)
+    assert got == pytest.approx({**want, "images": 2})
+
+
+def test_cli_on_captions_without_references(tmp_path, capsys):
+    """A predictions.csv of new photos (inferllama --images) gets one sentence, not a pycocoevalcap
+    traceback; rows without a reference are left out of a mixed file, and the table counts the rest."""
+    from captioning.config import UserError
+    from captioning.metrics import main
+
+    p = tmp_path / "predictions.csv"
+    p.write_text("Image_Name,reference,prediction\nIMG_1,,A Bowl of Soup\nIMG_2,,Two Eggs\n")
+    with pytest.raises(UserError, match="no references"):
+        main([str(p)])
+    p.write_text("Image_Name,reference,prediction\nIMG_1,,A Bowl of Soup\nb,A Bowl of Soup,A Bowl of Soup\n")
+    main([str(p)])
+    out, err = capsys.readouterr()
+    assert "left out 1 of 2" in err and "| images |" in out and f"| {p} | 1 | 1.0000 |" in out
