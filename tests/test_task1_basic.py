@@ -12,8 +12,9 @@ def check_run_folder(out, trained=True):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) >= {"valid", "test"}
     for split in ("valid", "test"):
-        assert list(m[split]) == list(METRIC_KEYS)
+        assert list(m[split]) == [*METRIC_KEYS, "images"]
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert m["test"]["images"] == len(pred)
     assert list(pred.columns[:3]) == ["Image_Name", "reference", "prediction"] and len(pred) > 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["output_dir"] == str(out)
