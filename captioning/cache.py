@@ -2,7 +2,7 @@
 
 The pixel cache stores each image decoded, EXIF-oriented, converted to RGB and resized exactly as
 the image processor would (PIL, same size and resample filter), as uint8 in a memory-mapped .npy.
-Normalisation happens on the device (models.pixel_normalizer). A cache file is keyed by every
+Normalisation happens on the device (imaging.pixel_normalizer). A cache file is keyed by every
 image's resolved path, size and mtime plus the target size and filter, so a changed image or
 processor never reads a stale entry. Unreadable images are skipped with a counted, named warning.
 
@@ -22,10 +22,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import CaptionDataset, ImageError, load_image, load_split, log
+from .imaging import pixel_normalizer, processor_resample, processor_size, square_pixels
 
 VERSION = 1
 
@@ -47,8 +47,7 @@ def _fingerprint(paths, *extra) -> str:
 def _decode(args):
     path, size, resample = args
     try:
-        im = load_image(path).resize((size, size), resample=Image.Resampling(resample))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1), None
+        return square_pixels(load_image(path), size, resample), None
     except ImageError as e:
         return None, str(e)
     except Exception as e:  # a decoder bug on a hostile file is still just a bad image
@@ -114,9 +113,7 @@ def pixel_datasets(cfg, processor, splits=("train", "valid", "test"), encoder=No
     from the feature cache (feature_datasets): the encoder runs once per image, ever."""
     if encoder is not None:
         return feature_datasets(cfg, processor, encoder, splits)
-    from .models import processor_size
-
-    size, resample = processor_size(processor), int(getattr(processor, "resample", 2) or 2)
+    size, resample = processor_size(processor), processor_resample(processor)
     out = {}
     for split in splits:
         records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
@@ -142,9 +139,7 @@ def encoder_fingerprint(module) -> str:
 
 def processor_key(processor) -> list:
     """Everything about an image processor that changes the encoder's input."""
-    from .models import processor_size
-
-    return [processor_size(processor), int(getattr(processor, "resample", 2) or 2),
+    return [processor_size(processor), processor_resample(processor),
             list(getattr(processor, "image_mean", None) or [0.5] * 3),
             list(getattr(processor, "image_std", None) or [0.5] * 3),
             float(getattr(processor, "rescale_factor", 1 / 255)),
@@ -163,8 +158,6 @@ def feature_cache(records, processor, encoder, cache_dir=None, workers: int = 2,
     float16 by default (half the disk; cast back to float32 when read by the model).
     """
     import torch
-
-    from .models import pixel_normalizer
 
     if not records:
         return np.zeros((0, 0, 0), dtype), [], Counter()

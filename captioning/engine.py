@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .config import UserError, to_dict
 from .data import collate
+from .loading import load_errors
 from .metrics import caption_spread, collapse_warning, evaluate_captions
 
 RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
@@ -294,14 +295,12 @@ def _load_checkpoint(run: Run, model, optimizer, scheduler) -> dict | None:
     latest = run.dir / "checkpoint" / "latest.json"
     if not latest.exists():
         return None
-    from .models import _load_errors
-
     try:
         ck = run.dir / "checkpoint" / Path(json.loads(latest.read_text())["dir"]).name
         weights = load_file(ck / "trainable.safetensors")
         optimizer_state = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
         state = json.loads((ck / "state.json").read_text())
-    except _load_errors() as e:  # weights_only=True refuses a pickle that holds more than tensors
+    except load_errors() as e:  # weights_only=True refuses a pickle that holds more than tensors
         why = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
         raise UserError(f"the checkpoint in {run.dir / 'checkpoint'} is damaged or not ours ({why}); "
                         "pass --overwrite to start the run again.") from None

@@ -3,6 +3,10 @@
     greedy   one beam, no sampling: cheap, used for validation during training
     beam     4 beams (the nlpconnect model card's setting): the default for reported test numbers
     nucleus  top-p 0.9 sampling at temperature 0.8 with the original's repetition controls
+
+Top-k alternatives (the captioner interface's `top_k`): a k-beam search returning its k best
+captions, each scored by its mean log-probability per token (beam search's length-normalised score;
+0 would be certain, more negative is less likely).
 """
 from __future__ import annotations
 
@@ -36,3 +40,22 @@ def caption_pixels(model, pixel_values, tokenizer, preset="beam", max_new_tokens
     """Captions for a batch of normalised pixel values from a VisionEncoderDecoder (KV cache on)."""
     out = model.generate(pixel_values=pixel_values, **generation_kwargs(preset, max_new_tokens, **overrides))
     return decode(tokenizer, out)
+
+
+def top_k_kwargs(k: int) -> dict:
+    """`generate` arguments of a k-beam search that returns its k best sequences with their scores."""
+    return dict(do_sample=False, num_beams=max(2, k), num_return_sequences=k, early_stopping=True,
+                output_scores=True, return_dict_in_generate=True)
+
+
+def group_alternatives(titles: list[str], scores, k: int) -> list[list[tuple[str, float]]]:
+    """k titles per image (generate's order) -> per image [(title, score)], best first, repeats dropped."""
+    out = []
+    for i in range(0, len(titles), k):
+        seen, alts = set(), []
+        for title, score in zip(titles[i:i + k], [float(s) for s in scores[i:i + k]]):
+            if title not in seen:
+                seen.add(title)
+                alts.append((title, round(score, 4)))
+        out.append(sorted(alts, key=lambda a: -a[1]))
+    return out

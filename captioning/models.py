@@ -1,16 +1,30 @@
-"""Load ViT-GPT2 captioners, freeze parts of them, and keep their token ids straight.
+"""The VisionEncoderDecoder family (ViT-GPT2, or any image encoder + text decoder of transformers).
+
+    model, processor, tokenizer = load_vit_gpt2(name)      # a hub id or a save_pretrained folder
+    freeze(model, "vit")                                   # FREEZE_STRATEGIES
+    recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)   # what the engine trains
+    VisionEncoderDecoderCaptioner                          # the family behind load_captioner
 
 Token-id hygiene: nlpconnect/vit-gpt2-image-captioning uses id 50256 for bos = eos = pad =
 decoder_start. Labels are therefore masked by the attention mask, never by `== pad_token_id`
-(that would also erase the EOS target and the model would never learn to stop).
+(that would also erase the EOS target and the model would never learn to stop): tokens.encode_targets.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
+from .cache import pixel_datasets
+from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
+from .engine import Recipe
+from .generation import caption_pixels, decode, generation_kwargs, group_alternatives, top_k_kwargs
+from .imaging import pixel_batch, pixel_normalizer, processor_size  # noqa: F401  (processor_size: old callers)
+from .loading import check_local_or_hub, load_error, load_errors
+from .sampling import encode
+from .tokens import encode_targets
+
+_load_errors, _load_error = load_errors, load_error  # the names used before captioning.loading existed
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 # What to train (pick one):
@@ -19,44 +33,6 @@ DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 #   "gpt2"       freeze GPT-2, train the ViT encoder
 #   "gpt2-last4" freeze the deepest 4 GPT-2 blocks only, train the rest
 FREEZE_STRATEGIES = ("none", "vit", "gpt2", "gpt2-last4")
-
-
-def _load_errors() -> tuple:
-    """What from_pretrained raises on a folder or file that is not a usable model: besides the usual
-    OSError/ValueError, pickled weights that torch.load(weights_only=True) refuses to unpickle and
-    safetensors files that are cut short or not safetensors at all."""
-    import pickle
-
-    from safetensors import SafetensorError
-
-    return (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError)
-
-
-def _load_error(name, e: Exception) -> UserError:
-    import pickle
-
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    p = Path(name)
-    if p.is_file():
-        return UserError(f"{name} is a file, not a model folder; pass a folder written by save_pretrained "
-                         "or a hub id.")
-    if isinstance(e, pickle.UnpicklingError):
-        return UserError(f"refusing to load the weights in {name}: they are a pickle that holds more than "
-                         "tensors (possibly code); use a model saved as safetensors.")
-    if type(e).__name__ == "SafetensorError":
-        return UserError(f"the weights in {name} are damaged or not safetensors ({first[:120]}).")
-    if p.exists() and not (p / "config.json").exists():
-        return UserError(f"{name} is a folder but holds no model (no config.json); "
-                         "pass a folder written by save_pretrained or a hub id.")
-    return UserError(f"cannot load model {name!r}: it is neither a model folder nor a hub id that "
-                     f"can be downloaded or found in the cache ({first[:160]}).")
-
-
-def check_local_or_hub(name: str) -> None:
-    """A path-like name that does not exist is a typo, not a hub id: say so early."""
-    p = Path(name)
-    if (name.startswith((".", "/", "~")) or p.exists() or name.count("/") > 1) and not p.exists():
-        raise UserError(f"model folder {name} does not exist.")
 
 
 def load_vit_gpt2(name: str = DEFAULT_MODEL, token: str | None = None):
@@ -72,8 +48,8 @@ def load_vit_gpt2(name: str = DEFAULT_MODEL, token: str | None = None):
         model = VisionEncoderDecoderModel.from_pretrained(name, token=token)
         processor = AutoImageProcessor.from_pretrained(name, token=token, backend="pil")
         tokenizer = AutoTokenizer.from_pretrained(name, token=token)
-    except _load_errors() as e:
-        raise _load_error(name, e) from None
+    except load_errors() as e:
+        raise load_error(name, e) from None
     fix_token_ids(model, tokenizer)
     return model, processor, tokenizer
 
@@ -112,50 +88,6 @@ def freeze(model, strategy: str) -> dict:
     return {"trainable": trainable, "total": total}
 
 
-def encode_targets(tokenizer, captions: list[str], max_length: int = 32):
-    """Caption token ids + EOS, right-padded. Returns (labels with -100 on padding, attention mask).
-
-    The mask, not the pad id, marks padding, so the EOS target survives when pad == eos.
-    """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ids = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
-    seqs = [x[: max_length - 1] + [eos] for x in ids]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    labels = input_ids.masked_fill(mask == 0, -100)
-    return labels, mask
-
-
-def pixel_normalizer(processor):
-    """fn(uint8 NCHW tensor) -> normalised float pixel_values, as the processor would compute them."""
-    mean = torch.tensor(getattr(processor, "image_mean", None) or [0.5] * 3).view(1, 3, 1, 1)
-    std = torch.tensor(getattr(processor, "image_std", None) or [0.5] * 3).view(1, 3, 1, 1)
-    scale = float(getattr(processor, "rescale_factor", 1 / 255))
-    normalize = getattr(processor, "do_normalize", True)
-
-    def fn(pixels: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        x = pixels.to(torch.float32) * scale
-        if normalize:
-            x = (x - mean.to(x.device)) / std.to(x.device)
-        return x.to(dtype)
-
-    return fn
-
-
-def processor_size(processor) -> int:
-    """The square input size the image processor resizes to."""
-    size = getattr(processor, "size", None)
-    for key in ("height", "shortest_edge", "width"):
-        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-        if value:
-            return int(value)
-    return 224
-
-
 def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False, loss=None):
     """The engine Recipe of a ViT-GPT2 captioner: cross-entropy loss, batched captioning, save/load.
 
@@ -163,10 +95,9 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
     `loss(model, batch, state)` replaces the default cross-entropy (scheduled sampling, SCST, ...).
     Batches hold "pixels" (the pixel cache) or, for a frozen ViT, "features": its cached outputs,
     which the decoder reads as `encoder_outputs` without running the encoder.
+    best/ is saved with its manifest (VisionEncoderDecoderCaptioner.save): the preset the run is
+    scored with, and whether it was scored on cached features.
     """
-    from .engine import Recipe
-    from .generation import caption_pixels
-
     norm = pixel_normalizer(processor)
 
     def pixel_values(batch):
@@ -176,8 +107,6 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
         """The frozen encoder's cached outputs when the batch holds them (cache.pixel_datasets with an
         encoder), else the pixels, which the encoder then runs on."""
         if "features" in batch:
-            from transformers.modeling_outputs import BaseModelOutput
-
             # a fresh object per call: generate expands encoder_outputs in place for beams
             return {"encoder_outputs": BaseModelOutput(last_hidden_state=batch["features"].float())}
         return {"pixel_values": pixel_values(batch)}
@@ -191,16 +120,15 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
 
     def caption(model, batch, preset):
         if "features" in batch:
-            from .generation import decode, generation_kwargs
-
             out = model.generate(**encoder_inputs(batch), **generation_kwargs(preset, cfg.max_new_tokens))
             return decode(tokenizer, out)
         return caption_pixels(model, pixel_values(batch), tokenizer, preset, cfg.max_new_tokens)
 
     def save(model, folder):
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        processor.save_pretrained(folder)
+        settings = {"preset": cfg.preset, "max_new_tokens": cfg.max_new_tokens}
+        if uses_feature_cache(cfg):
+            settings["encoder_features"] = FEATURES_DTYPE
+        VisionEncoderDecoderCaptioner(model, processor, tokenizer, folder, settings).save(folder)
 
     def load(folder):
         return load_vit_gpt2(str(folder))[0]
@@ -209,11 +137,7 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
         """The encoder's outputs for the batch, shareable by several decoder passes and `generate`: a
         frozen ViT's cached features, else one encoder pass over the pixels."""
         if "features" in batch:
-            from transformers.modeling_outputs import BaseModelOutput
-
             return BaseModelOutput(last_hidden_state=batch["features"].float())
-        from .sampling import encode
-
         return encode(model, pixel_values(batch))
 
     recipe = Recipe(model=model, loss=loss or xent, caption=caption, save=save, load=load)
@@ -222,14 +146,82 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
     return recipe
 
 
+# The frozen ViT's outputs are cached in this dtype (cache.feature_datasets' default) and a run with
+# --freeze vit is scored on them as stored.
+FEATURES_DTYPE = "float16"
+
+
+def uses_feature_cache(cfg) -> bool:
+    """With the ViT frozen (cfg.freeze == "vit") a recipe trains and is scored on its cached outputs."""
+    return getattr(cfg, "freeze", "none") == "vit"
+
+
 def vit_gpt2_datasets(cfg, model, processor, splits=("train", "valid", "test")) -> dict:
-    """A ViT-GPT2 recipe's datasets: with the ViT frozen (cfg.freeze == "vit") its outputs from the
+    """A ViT-GPT2 recipe's datasets: with the ViT frozen (uses_feature_cache) its outputs from the
     feature cache (computed once, on the GPU if there is one), else pixels from the pixel cache."""
-    from .cache import pixel_datasets
-
     encoder = None
-    if getattr(cfg, "freeze", "none") == "vit":
-        import torch
-
+    if uses_feature_cache(cfg):
         encoder = model.encoder.to("cuda" if torch.cuda.is_available() else "cpu")
     return pixel_datasets(cfg, processor, splits, encoder=encoder)
+
+
+class VisionEncoderDecoderCaptioner(Captioner):
+    """The captioner interface over a VisionEncoderDecoder (see captioning.captioner).
+
+    Manifest settings: preset and max_new_tokens (the run's scoring), and "encoder_features": the dtype
+    the encoder's outputs were stored in when the run was scored on cached features; they are rounded
+    the same way here, so a photo gets the title the run's predictions.csv holds for it."""
+
+    family = "vision-encoder-decoder"
+
+    def __init__(self, model, processor, tokenizer, source, settings: dict | None = None):
+        super().__init__(source, settings)
+        self.model, self.processor, self.tokenizer = model, processor, tokenizer
+        self.normalize = pixel_normalizer(processor)
+        self.feature_dtype = self.settings.get("encoder_features")
+
+    @classmethod
+    def load(cls, source, token=None, device=None, settings=None):
+        model, processor, tokenizer = load_vit_gpt2(str(source), token)
+        return cls(model.to(default_device(device)).eval(), processor, tokenizer, source, settings)
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {**super().describe(), "model": f"{cfg.encoder.model_type} + {cfg.decoder.model_type}",
+                "image_size": processor_size(self.processor)}
+
+    @torch.no_grad()
+    def encoder_outputs(self, images) -> torch.Tensor:
+        pixels = self.normalize(pixel_batch(images, self.processor).to(self.model.device))
+        hidden = self.model.encoder(pixel_values=pixels).last_hidden_state
+        if self.feature_dtype:
+            hidden = hidden.to(getattr(torch, self.feature_dtype)).float()
+        return hidden
+
+    @torch.no_grad()
+    def caption(self, images, preset=None, top_k=0, max_new_tokens=None) -> list[Caption]:
+        preset, max_new = self._decoding(preset, max_new_tokens)
+        images = list(images)
+        if not images:
+            return []
+        self.model.eval()
+        hidden = self.encoder_outputs(images)
+
+        def generate(**kwargs):  # a fresh encoder_outputs per call: generate expands it in place for beams
+            return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
+
+        titles = decode(self.tokenizer, generate(**generation_kwargs(preset, max_new)))
+        alternatives = [[] for _ in titles]
+        if top_k > 0:
+            out = generate(max_new_tokens=max_new, **top_k_kwargs(top_k))
+            alternatives = group_alternatives(decode(self.tokenizer, out.sequences), out.sequences_scores, top_k)
+        return [Caption(t, a) for t, a in zip(titles, alternatives)]
+
+    def save(self, folder) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        write_manifest(folder, self.family, **self.settings)

@@ -19,6 +19,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
 
+from .tokens import encode_targets
+
 # How a value moves from `start` to `end` over training (progress 0 -> 1):
 #   "constant"         stays at start
 #   "linear"           straight line
@@ -55,8 +57,6 @@ def encode(model, pixel_values, grad: bool | None = None) -> BaseModelOutput:
 
 def gold_targets(tokenizer, batch: dict, max_length: int = 32):
     """(labels with -100 on padding, attention mask) of the batch's captions, on the batch's device."""
-    from .models import encode_targets
-
     labels, mask = encode_targets(tokenizer, batch["caption"], max_length)
     source = batch.get("pixels", batch.get("features"))
     device = source.device if source is not None else None

@@ -6,14 +6,16 @@
     chat_answers(...)            one batched `generate` over chat turns "image + question"
     clean_title(answer)          what a chat model answers -> a dish title
     load_deepseek_vl_package()   DeepSeek's original `deepseek_vl` package, when it is installed
+    ChatVLMCaptioner             the chat-VLM family behind captioning.captioner.load_captioner
 """
 from __future__ import annotations
 
 import re
 
+from .captioner import Caption, Captioner, default_device
 from .config import UserError
 from .data import ImageError, load_image, load_split, log
-from .models import _load_error, _load_errors, check_local_or_hub
+from .loading import check_local_or_hub, load_error, load_errors
 from .text import normalize
 
 DEEPSEEK_VL_INSTALL = "pip install git+https://github.com/deepseek-ai/DeepSeek-VL.git"
@@ -83,8 +85,8 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
     check_local_or_hub(name)
     try:
         config = AutoConfig.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
-    except _load_errors() as e:
-        raise _load_error(name, e) from None
+    except load_errors() as e:
+        raise load_error(name, e) from None
     cls = model_class(config)
     if cls is None and not (trust_remote_code and getattr(config, "auto_map", None)):
         raise UserError(f"{name} is a {config.model_type!r} model, not an image-text-to-text chat model of "
@@ -94,15 +96,15 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
         kwargs["device_map"] = "auto"  # one GPU, or the layers spread over several
     try:
         processor = AutoProcessor.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
-    except _load_errors() as e:
-        raise _load_error(name, e) from None
+    except load_errors() as e:
+        raise load_error(name, e) from None
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or not getattr(processor, "chat_template", None):
         raise UserError(f"{name} has no chat template in its processor: it is not a chat model.")
     try:
         model = (cls or AutoModelForImageTextToText).from_pretrained(name, config=config, **kwargs).eval()
-    except _load_errors() as e:
-        raise _load_error(name, e) from None
+    except load_errors() as e:
+        raise load_error(name, e) from None
     tokenizer.padding_side = "left"  # batched generation continues every row from its last real token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -115,8 +117,9 @@ def conversation(image, question: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def chat_answers(model, processor, images, question, **generate_kwargs) -> list[str]:
-    """Raw answers for a batch of images (one question, or one per image): one left-padded `generate`."""
+def chat_answers(model, processor, images, question, scores: bool = False, **generate_kwargs):
+    """Raw answers for a batch of images (one question, or one per image): one left-padded `generate`.
+    With scores=True (and generate's return_dict_in_generate) also the sequences' scores."""
     import torch
 
     questions = [question] * len(images) if isinstance(question, str) else list(question)
@@ -126,11 +129,62 @@ def chat_answers(model, processor, images, question, **generate_kwargs) -> list[
     inputs = inputs.to(model.device, dtype=model.dtype)  # casts only the floating-point tensors (pixels)
     tok = processor.tokenizer
     with torch.no_grad():
-        out = model.generate(**inputs, pad_token_id=tok.pad_token_id, **generate_kwargs)
-    prompt = inputs["input_ids"]
+        result = model.generate(**inputs, pad_token_id=tok.pad_token_id, **generate_kwargs)
+    out = result.sequences if scores else result
+    prompt = inputs["input_ids"].repeat_interleave(len(out) // len(inputs["input_ids"]), 0)  # k answers each
     if out.shape[1] >= prompt.shape[1] and torch.equal(out[:, : prompt.shape[1]], prompt):
         out = out[:, prompt.shape[1]:]  # most VLMs return prompt + answer
-    return tok.batch_decode(out, skip_special_tokens=True)
+    answers = tok.batch_decode(out, skip_special_tokens=True)
+    return (answers, result.sequences_scores) if scores else answers
+
+
+# ------------------------------------------------------------------------------- the family
+# The course's question; a saved chat-VLM folder may record its own in its manifest ("question").
+DEFAULT_QUESTION = "Put a short title to the dish in this image"
+
+
+class ChatVLMCaptioner(Captioner):
+    """The captioner interface over a chat VLM (DeepSeek-VL, LLaVA, ...): each photo is one chat turn
+    "image + question", the answer is cleaned into a title (clean_title). Manifest settings: preset,
+    max_new_tokens, question, dtype."""
+
+    family = "chat-vlm"
+    default_preset = "greedy"
+
+    def __init__(self, model, processor, source, settings: dict | None = None):
+        super().__init__(source, settings)
+        self.model, self.processor = model, processor
+        self.question = self.settings.get("question", DEFAULT_QUESTION)
+
+    @classmethod
+    def load(cls, source, token=None, device=None, settings=None):
+        settings = settings or {}
+        model, processor = load_chat_vlm(str(source), token, settings.get("dtype", "auto"))
+        if getattr(model, "hf_device_map", None) is None:  # device_map="auto" placed it already
+            model = model.to(default_device(device))
+        return cls(model, processor, source, settings)
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": type(self.model).__name__, "question": self.question}
+
+    def caption(self, images, preset=None, top_k=0, max_new_tokens=None) -> list[Caption]:
+        from .generation import generation_kwargs, group_alternatives, top_k_kwargs
+
+        preset, max_new = self._decoding(preset, max_new_tokens)
+        images = list(images)
+        if not images:
+            return []
+        answers = chat_answers(self.model, self.processor, images, self.question,
+                               **generation_kwargs(preset, max_new))
+        alternatives = [[] for _ in answers]
+        if top_k > 0:
+            texts, scores = chat_answers(self.model, self.processor, images, self.question, scores=True,
+                                         max_new_tokens=max_new, **top_k_kwargs(top_k))
+            alternatives = group_alternatives([clean_title(t) for t in texts], scores, top_k)
+        return [Caption(clean_title(a), alts) for a, alts in zip(answers, alternatives)]
 
 
 # ------------------------------------------------------------------------- original deepseek_vl
@@ -160,8 +214,8 @@ def load_deepseek_vl_package(name: str, token: str | None = None, dtype: str = "
     try:
         processor = VLChatProcessor.from_pretrained(name, token=token)
         model = MultiModalityCausalLM.from_pretrained(name, token=token, torch_dtype=pick_dtype(dtype))
-    except _load_errors() as e:
-        raise _load_error(name, e) from None
+    except load_errors() as e:
+        raise load_error(name, e) from None
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor
 
 

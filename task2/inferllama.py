@@ -20,11 +20,11 @@ if _HERE not in sys.path:  # so `python task2/inferllama.py` and demo.load_scrip
 import torch  # noqa: E402
 
 from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
-from captioning.cache import encoder_fingerprint, feature_cache, feature_datasets  # noqa: E402
+from captioning.cache import feature_cache, feature_datasets  # noqa: E402
 from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main  # noqa: E402
 from captioning.data import CaptionDataset, folder_records  # noqa: E402
 from captioning.engine import Run, evaluate_splits, generate_split, print_metrics  # noqa: E402
-from vision import load_vision  # noqa: E402
+from captioning.prefix_llm import matching_encoder  # noqa: E402
 
 
 @dataclass
@@ -51,12 +51,7 @@ def main(argv=None):
         raise UserError(f"run folder {cfg.run} does not exist; pass --run with a folder written by "
                         "task2/train.py.")
     model = AnyModalCaptioner.load(cfg.run, token, cfg.model or None)
-    vision = cfg.vision_model or model.settings["vision_model"]
-    encoder, processor = load_vision(vision, token)
-    fingerprint = encoder_fingerprint(encoder)
-    if fingerprint != model.settings.get("vision_fingerprint", fingerprint):
-        raise UserError(f"the image encoder {vision} no longer has the weights {cfg.run} was trained on; "
-                        "its captions would be meaningless (pass --vision-model with the original encoder).")
+    encoder, processor, fingerprint = matching_encoder(model, cfg.vision_model or None, token)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder, model = encoder.to(device), model.to(device)
     run = Run(cfg, f"inferllama ({Path(cfg.run).name}, {cfg.preset})")
