@@ -8,7 +8,7 @@ fine-tuned ViT frozen + projector + tiny Llama with LoRA (llama_lora), then infe
 models are random-weight stand-ins for the real checkpoints, so the numbers show the pipeline works,
 not how good the real models are.
 
-    python demo.py [--runs-dir demo_runs] [--data-dir EXISTING_DATASET]
+    python demo.py [--runs-dir demo_runs] [--data-dir EXISTING_DATASET [--images-dir IMAGES] | --dataset ID]
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def load_script(relpath: str):
 
 
 class Demo:
-    def __init__(self, runs_dir: Path, data_dir: Path, models: Path):
+    def __init__(self, runs_dir: Path, data_dir: Path, models: Path, images: Path):
         self.runs, self.data, self.models = runs_dir, data_dir, models
-        self.images = data_dir / "images"  # stays the original folder when a stage rewrites the CSVs
+        self.images = images  # stays the original folder when a stage rewrites the CSVs
         self.times: dict[str, float] = {}
 
     def common(self, name: str) -> list[str]:
@@ -72,10 +72,31 @@ class Demo:
         return json.loads((self.runs / name / "metrics.json").read_text())
 
 
+def pick_data(a, runs: Path) -> tuple[Path, Path, str]:
+    """(data folder, images folder, what the results table says they are) for the demo's options."""
+    from captioning.config import UserError
+    from captioning.data import data_folders
+
+    if a.dataset or a.data_dir:
+        if a.dataset and a.data_dir:
+            raise UserError("pass --data-dir or --dataset, not both.")
+        opts = argparse.Namespace(dataset=a.dataset or "", data_dir=a.data_dir or "", images_dir=a.images_dir or "",
+                                  cache_dir=str(runs / ".cache"))
+        data, images = data_folders(opts)
+        if not images.is_dir():
+            raise UserError(f"images folder {images} does not exist (set --images-dir).")
+        return data, images, f"your data ({a.dataset or a.data_dir})"
+    if a.images_dir:
+        raise UserError("--images-dir goes with --data-dir.")
+    return runs / "data", runs / "data" / "images", "synthetic data"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="demo_runs", help="where each stage writes its run (default demo_runs)")
     p.add_argument("--data-dir", help="use this existing dataset (standard layout) instead of synthetic data")
+    p.add_argument("--images-dir", help="its images (default DATA_DIR/images; a cleaned folder has none of its own)")
+    p.add_argument("--dataset", help="or a Hugging Face dataset: hub id or local imagefolder (see README)")
     p.add_argument("--n", type=int, default=2500, help="synthetic images to draw (default 2500)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed (default 0)")
     p.add_argument("--threads", type=int, default=1,
@@ -89,15 +110,13 @@ def main(argv=None):
     runs.mkdir(parents=True, exist_ok=True)
     from captioning import synthetic
 
-    if a.data_dir:
-        data = Path(a.data_dir)
-    else:
-        data = runs / "data"
+    data, images, label = pick_data(a, runs)
+    if label == "synthetic data":
         info = synthetic.make_dataset(data, a.n, a.seed)
         print(f"synthetic data: {info['splits']} + {len(info['dirty'])} dirty entries in {data}")
     models = synthetic.build_models(data, runs / "models")
     print(f"tiny models and tokenizer: {models}")
-    demo = Demo(runs, data, models)
+    demo = Demo(runs, data, models, images)
     vit_gpt2 = str(models / "vit-gpt2")
 
     cleaned = runs / "cleaning"
@@ -127,7 +146,7 @@ def main(argv=None):
     from captioning.report import report
 
     out = report(runs)
-    print("\n=== results (tiny random-init models on synthetic data) ===")
+    print(f"\n=== results (tiny random-init models on {label}) ===")
     print(out["table"], end="")
     for name, secs in demo.times.items():
         print(f"  {name}: {secs:.0f} s")

@@ -24,16 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import CaptionDataset, ImageError, load_image, load_split, log
+from .data import CaptionDataset, ImageError, cache_root, load_image, log, split_records
 from .imaging import pixel_normalizer, processor_resample, processor_size, square_pixels
 
 VERSION = 1
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    root = Path(cache_dir or os.environ.get("FOODCAP_CACHE") or Path.home() / ".cache" / "foodcap")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _fingerprint(paths, *extra) -> str:
@@ -116,7 +110,7 @@ def pixel_datasets(cfg, processor, splits=("train", "valid", "test"), encoder=No
     size, resample = processor_size(processor), processor_resample(processor)
     out = {}
     for split in splits:
-        records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
+        records, _ = split_records(cfg, split)
         if cfg.limit:
             records = records[: cfg.limit]
         arr, kept, _ = pixel_cache(records, size, resample, cfg.cache_dir or None, cfg.workers, desc=split)
@@ -235,7 +229,7 @@ def feature_datasets(cfg, processor, encoder, splits=("train", "valid", "test"),
     key = encoder_key or encoder_fingerprint(encoder)
     out = {}
     for split in splits:
-        records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
+        records, _ = split_records(cfg, split)
         if cfg.limit:
             records = records[: cfg.limit]
         t0 = time.time()

@@ -90,7 +90,9 @@ def _field_comments(cls) -> dict[str, str]:
                 if "  # " in line:
                     inline = line.split("  # ", 1)[1].strip()
                 text = "\n".join(b for b in block if b.strip())
-                out[m.group(1)] = (text + ("\n" if text and inline else "") + inline).strip()
+                text = (text + ("\n" if text and inline else "") + inline).strip()
+                if text or m.group(1) not in out:  # a field redefined without a comment keeps its base's text
+                    out[m.group(1)] = text
                 block = []
             else:
                 block = []
@@ -120,14 +122,15 @@ def build_parser(cls, doc: str | None = None, prog: str | None = None) -> argpar
         show = "<from HF_TOKEN>" if SECRET_FIELDS.search(f.name) else default
         help_ = f"{text}\n(default: {show!r})" if text else f"(default: {show!r})"
         kw = dict(dest=f.name, default=default, help=help_)
+        flags = (flag, *f.metadata.get("aliases", ()))  # older names of a renamed option keep working
         if tp is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(tp) in (list, tuple):
             (inner,) = typing.get_args(tp)[:1] or (str,)
-            p.add_argument(flag, nargs="*", type=inner, metavar=f.name.upper(), **kw)
+            p.add_argument(*flags, nargs="*", type=inner, metavar=f.name.upper(), **kw)
         else:
             choices = f.metadata.get("choices")
-            p.add_argument(flag, type=tp, choices=choices, metavar=f.name.upper() if not choices else None,
+            p.add_argument(*flags, type=tp, choices=choices, metavar=f.name.upper() if not choices else None,
                            **kw)
     return p
 
@@ -186,13 +189,20 @@ def hf_token(value: str | None = None) -> str | None:
 
 # ------------------------------------------------------------------- fields every recipe shares
 @dataclasses.dataclass
-class RunConfig:
-    # Model: a Hugging Face hub id or a local folder written by save_pretrained
-    model: str = "nlpconnect/vit-gpt2-image-captioning"
+class DataConfig:
     # Folder holding train_data.csv, valid_data.csv and test_data.csv
     data_dir: str = "data"
     # Folder holding the images (empty: DATA_DIR/images)
     images_dir: str = ""
+    # Instead of DATA_DIR: a Hugging Face dataset, by hub id or a local `imagefolder` (metadata.csv with
+    # file_name,Title in train/, validation/, test/); read with the `datasets` library (captioning.data)
+    dataset: str = ""
+
+
+@dataclasses.dataclass
+class RunConfig(DataConfig):
+    # Model: a Hugging Face hub id or a local folder written by save_pretrained
+    model: str = "nlpconnect/vit-gpt2-image-captioning"
     # Where this run writes config.json, log.jsonl, metrics.json, predictions.csv, best/, checkpoint/
     output_dir: str = "runs/run"
     # Seed for the split order, initialisation, dropout and sampling

@@ -14,7 +14,7 @@ import re
 
 from .captioner import Caption, Captioner, default_device
 from .config import UserError
-from .data import ImageError, load_image, load_split, log
+from .data import ImageError, load_image, log, split_records
 from .loading import check_local_or_hub, load_error, load_errors
 from .text import normalize
 
@@ -41,7 +41,7 @@ def image_datasets(cfg, splits=("valid", "test")) -> dict:
     """One ImageDataset per split; rows and images that cannot be used are skipped with a named count."""
     out = {}
     for split in splits:
-        records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
+        records, _ = split_records(cfg, split)
         if cfg.limit:
             records = records[: cfg.limit]
         kept, failed = [], []

@@ -17,6 +17,7 @@ valid) whatever --duplicates says, so no test photo is also trained on.
 
 import json
 import os
+import shlex
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from captioning.cleaning import CHAR_THRESHOLD, MIN_CONFIDENCE, TextRule, check_images, duplicate_groups
-from captioning.config import UserError, choice, parse_config, run_main, to_dict
-from captioning.data import SPLITS, clean_rows, log, read_csv, split_csv
+from captioning.config import DataConfig, UserError, choice, parse_config, run_main, to_dict
+from captioning.data import SPLITS, clean_rows, data_folders, log, read_csv, split_csv
 
 REPORT_COLUMNS = ["split", "Image_Name", "Title", "reason", "action", "detail"]
 ROW_REASONS = {"empty Image_Name": "missing", "missing image": "missing", "unsafe image name": "unsafe name",
@@ -35,11 +36,7 @@ ROW_REASONS = {"empty Image_Name": "missing", "missing image": "missing", "unsaf
 
 
 @dataclass
-class Config:
-    # Folder holding train_data.csv, valid_data.csv and test_data.csv
-    data_dir: str = "data"
-    # Folder holding the images (empty: DATA_DIR/images)
-    images_dir: str = ""
+class Config(DataConfig):
     # Output folder: cleaned CSVs, cleaning_report.csv, summary.json, the check cache (never DATA_DIR)
     out: str = "data_clean"
     # Processes for decoding and OCR (tesseract runs single-threaded in each)
@@ -63,6 +60,8 @@ class Config:
     copy_images: bool = False
     # Most images per tesseract call (larger: less start-up cost; smaller: less redone after a kill)
     ocr_batch: int = 64
+    # Cache folder (with --dataset: where the dataset is laid out; empty: $FOODCAP_CACHE or ~/.cache/foodcap)
+    cache_dir: str = ""
 
 
 def entry(split, rec_or_row, reason, action, detail) -> dict:
@@ -113,8 +112,7 @@ def check_out(cfg, data: Path, images: Path, out: Path) -> None:
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__, prog="imageCleaning/preprocess.py")
-    data, out = Path(cfg.data_dir), Path(cfg.out)
-    images = Path(cfg.images_dir) if cfg.images_dir else data / "images"
+    (data, images), out = data_folders(cfg), Path(cfg.out)
     if not data.is_dir():
         raise UserError(f"data folder {data} does not exist.")
     if not images.is_dir():
@@ -174,6 +172,8 @@ def main(argv=None):
     write_csv(pd.DataFrame(report, columns=REPORT_COLUMNS), out / "cleaning_report.csv")
     if cfg.copy_images:
         copy_kept(kept, out / "images")
+    elif cfg.dataset and not (out / "images").exists():  # OUT then works alone: --data-dir OUT
+        (out / "images").symlink_to(images.resolve(), target_is_directory=True)
 
     summary = {"rows_in": {s: len(frames[s]) for s in SPLITS}, "rows_kept": {s: len(kept[s]) for s in SPLITS},
                "removed": dict(Counter(e["reason"] for e in report if e["action"] == "removed")),
@@ -181,6 +181,8 @@ def main(argv=None):
                "leakage_groups": leaks, "config": to_dict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, out, cached, len(paths))
+    if not (out / "images").exists():
+        print(f"  next: every script with --data-dir {shlex.quote(str(out))} --images-dir {shlex.quote(str(images))}")
     return summary
 
 

@@ -20,6 +20,7 @@ import argparse
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -144,7 +145,7 @@ def remove(a) -> dict:
     verb = "deleted" if a.delete else "moved"
     print(f"{verb} {len(rows)} file(s); manifest: {manifest}")
     if not a.delete:
-        print(f"undo with: python imageCleaning/remove_images.py --undo {manifest}")
+        print(f"undo with: python imageCleaning/remove_images.py --undo {shlex.quote(str(manifest))}")
     return {"files": len(files), "moved": len(rows), "manifest": str(manifest)}
 
 
@@ -178,6 +179,13 @@ def undo(manifest_path: str) -> dict:
     print(f"restored {restored} of {len(df)} file(s) into {home}")
     if skipped:
         log(f"skipped {len(skipped)}: {'; '.join(skipped[:5])}{'; ...' if len(skipped) > 5 else ''}")
+    elif manifest.name == "manifest.csv" and [p.name for p in folder.iterdir()] == ["manifest.csv"]:
+        # everything is back: the quarantine folder (and its parent, when that empties) goes too
+        manifest.unlink()
+        folder.rmdir()
+        if folder.parent.name.endswith("_quarantine") and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+        print(f"removed the empty quarantine folder {folder}")
     return {"restored": restored, "skipped": len(skipped)}
 
 

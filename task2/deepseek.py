@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main
-from captioning.data import load_split
+from captioning.data import split_records
 from captioning.engine import Run, atomic_write_text, evaluate_splits, print_metrics
 from captioning.generation import generation_kwargs
 from captioning.vlm import (chat_answers, clean_title, deepseek_vl_answers, deepseek_vl_classes,
@@ -72,7 +72,7 @@ def question(cfg) -> str:
         return cfg.question
     if cfg.prompt != "few-shot":
         return PROMPTS[cfg.prompt]
-    records, _ = load_split(cfg.data_dir, "train", cfg.images_dir or None, check_images=False)
+    records, _ = split_records(cfg, "train", check_images=False)
     titles = sorted({r.title for r in records})
     examples = random.Random(cfg.seed).sample(titles, min(cfg.shots, len(titles)))
     return PROMPTS["few-shot"].format(examples="\n".join(f"- {t}" for t in examples))

@@ -3,14 +3,15 @@
 Rebuilds the captioner from the run (base Llama + adapter + projector), checks that the frozen image
 encoder still has the weights the adapter was trained on, reads its features from the feature cache
 (computing only what is missing), and captions in batches. On a split it writes predictions.csv and
-metrics.json; on a folder of new photos (--images) it writes predictions.csv only.
+metrics.json; on a folder of new photos (--photos) it writes predictions.csv and a metrics.json that
+says what was captioned (nothing is scored without references).
 
     python task2/inferllama.py --run runs/llama_lora --data-dir data --output-dir runs/inferllama
-    python task2/inferllama.py --run runs/llama_lora --images my_photos/ --output-dir runs/my_photos
+    python task2/inferllama.py --run runs/llama_lora --photos my_photos/ --output-dir runs/my_photos
 """
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _HERE = str(Path(__file__).resolve().parent)
@@ -33,8 +34,9 @@ class Config(RunConfig):
     run: str = "runs/llama_lora"
     # Which split to caption and score: "test", "valid" or "both"
     split: str = choice("test", "valid", "both")
-    # Caption every image in this folder instead of a split (no references, so no scores)
-    images: str = ""
+    # A folder of your own photos to caption instead of a split (no references, so no scores;
+    # the old name --images still works)
+    photos: str = field(default="", metadata={"aliases": ("--images",)})
     # Base LLM under the adapter (empty: the one the run recorded; set it when the run moved machines)
     model: str = ""
     # The frozen image encoder (empty: the one the run recorded; it must have the same weights)
@@ -57,8 +59,8 @@ def main(argv=None):
     run = Run(cfg, f"inferllama ({Path(cfg.run).name}, {cfg.preset})")
     caption = anymodal_recipe(model, cfg, token).caption
     metrics = {}
-    if cfg.images:
-        records = folder_records(cfg.images)
+    if cfg.photos:
+        records = folder_records(cfg.photos)
         arr, kept, _ = feature_cache(records, processor, encoder, cfg.cache_dir or None, cfg.workers,
                                      desc="images", encoder_key=fingerprint)
         dataset = CaptionDataset(kept, arr, key="features")
@@ -66,6 +68,10 @@ def main(argv=None):
         run.write_predictions(kept, predictions)
         for record, text in list(zip(kept, predictions))[:10]:
             print(f"{record.image_name}: {text}")
+        # the run's last file: a second run into this folder then knows it is finished
+        run.write_json("metrics.json", {"info": {"method": run.method, "preset": cfg.preset, "photos": cfg.photos,
+                                                 "images": len(kept), "scored": False,
+                                                 "trained_run": str(Path(cfg.run).resolve())}})
     else:
         splits = ("valid", "test") if cfg.split == "both" else (cfg.split,)
         datasets = feature_datasets(cfg, processor, encoder, splits, encoder_key=fingerprint)
