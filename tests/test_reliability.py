@@ -245,6 +245,10 @@ def test_inferllama_on_a_folder_skips_unreadable_images(synth, hostile, untouche
     assert set(ODD) <= names and not any(n.startswith("bad-") for n in names)
     line = next(x for x in err.splitlines() if "unreadable image(s)" in x)
     assert all(f"{n} ({why}" in line for n, why in BROKEN.items())
+    assert json.loads((out / "metrics.json").read_text())["info"]["images"] == len(names)
+    # run again into the same folder: it is a finished run (it once said "unfinished")
+    again = call(capsys, "task2/inferllama.py", "--run", run, "--photos", hostile / "images", "--output-dir", out)
+    assert again[0] == 2 and "already holds a finished run" in again[2], again[2][-2000:]
     assert snapshot(hostile) == untouched
 
 
