@@ -47,7 +47,41 @@ def load_error(name, e: Exception) -> UserError:
 
 
 def check_local_or_hub(name: str) -> None:
-    """A path-like name that does not exist is a typo, not a hub id: say so early."""
+    """A path-like name that does not exist is a typo, not a hub id: say so early. So is a hub id that
+    is not in the Hugging Face cache when it cannot be downloaded: offline (HF_HUB_OFFLINE), with the
+    doctor's fix; online, when one quick request cannot reach the hub (from_pretrained would retry for
+    half a minute and end in raw connection errors)."""
     p = Path(name)
     if (name.startswith((".", "/", "~")) or p.exists() or name.count("/") > 1) and not p.exists():
         raise UserError(f"model folder {name} does not exist.")
+    if p.exists() or _cached(name) is not False:
+        return
+    from .doctor import offline
+
+    fix = f"download it once on a machine with internet: hf download {name}"
+    if offline():
+        raise UserError(f"model {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: {fix} "
+                        "(or unset HF_HUB_OFFLINE to download it on first use).")
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .config import hf_token
+
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), token=hf_token(), timeout=5)
+    except HfHubHTTPError:  # the hub answered (gated, unknown id, ...): from_pretrained says which
+        return
+    except Exception as e:  # refused, DNS, proxy, timeout
+        raise UserError(f"model {name} is not in the Hugging Face cache and the hub cannot be reached "
+                        f"({type(e).__name__}): check the network or proxy (HTTPS_PROXY), or {fix} and copy "
+                        "the cache here.") from None
+
+
+def _cached(name: str) -> bool | None:
+    """Whether hub id `name` has its config.json in the Hugging Face cache (None: not a hub id)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id: from_pretrained's error says so
+        return None

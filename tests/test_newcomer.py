@@ -187,3 +187,26 @@ def test_metrics_json_of_a_dataset_run_is_readable(tmp_path):
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"info": {"method": "inferllama", "images": 3, "scored": False}}))
     assert "photos" not in results_table([run], tmp_path)
+
+
+def test_a_hub_model_not_in_the_cache_is_one_sentence_at_once(monkeypatch):
+    """Offline: the doctor's fix, not "neither a model folder nor a hub id"; online with the hub out of
+    reach: one quick request, not half a minute of retries ending in raw connection errors."""
+    import time
+
+    from huggingface_hub import constants
+
+    from captioning.loading import check_local_or_hub
+
+    name = "someone/food-model-not-cached"
+    with pytest.raises(UserError, match=f"not in the Hugging Face cache and HF_HUB_OFFLINE is set: .*hf download {name}"):
+        check_local_or_hub(name)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")  # nothing listens there
+    t0 = time.time()
+    with pytest.raises(UserError, match="the hub cannot be reached"):
+        check_local_or_hub(name)
+    assert time.time() - t0 < 10
