@@ -151,6 +151,9 @@ register(Family("vision-encoder-decoder", "captioning.models:VisionEncoderDecode
                 model_types=("vision-encoder-decoder",)))
 register(Family("prefix-llm", "captioning.prefix_llm:PrefixLLMCaptioner", markers=("anymodal.json",)))
 register(Family("chat-vlm", "captioning.vlm:ChatVLMCaptioner", accepts=_image_text_to_text))
+register(Family("chat-vlm-lora", "captioning.vlm_lora:ChatLoRACaptioner", markers=("vlm_lora.json",)))
+register(Family("blip", "captioning.blip:BlipCaptioner", model_types=("blip",)))
+register(Family("retrieval", "captioning.retrieval:RetrievalCaptioner", markers=("retrieval.json",)))
 
 
 # ------------------------------------------------------------------------------------- manifest

@@ -337,17 +337,21 @@ MODEL_BUILDERS["llama"] = build_tiny_llama
 MODEL_BUILDERS["vit"] = build_tiny_vit
 
 
-# A DeepSeek-style chat format, "User: <image placeholders>question\n\nAssistant:" (real models ship theirs).
+# A DeepSeek-style chat format, "User: <image placeholders>question\n\nAssistant: title<eos>\n\n" (real models
+# ship theirs). The assistant turn ends with EOS, as DeepSeek-VL's does, and is wrapped in {% generation %}
+# markers, so processors can return its assistant-token mask (what the LoRA tests check labels against).
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'system' %}"
     "{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}\n\n"
-    "{% else %}{{ 'User: ' if m['role'] == 'user' else 'Assistant: ' }}"
+    "{% elif m['role'] == 'user' %}User: "
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for b in m['content'] %}"
     "{% if b['type'] == 'image' %}<image_placeholder>{% elif b['type'] == 'text' %}{{ b['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+    "{% endfor %}{% endif %}\n\n"
+    "{% else %}Assistant: {% generation %}{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}"
+    "{{ eos_token }}{% endgeneration %}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
-def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE):
+def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE, init: float = 0.5):
     """A tiny random DeepSeek-VL hybrid chat model (SigLIP 32 px + SAM 64 px + 2-layer Llama) and its
     processor with a chat template: the offline stand-in for deepseek-community/deepseek-vl-7b-chat.
     Its tokenizer is `tokenizer` plus the image placeholder; single-byte tokens are suppressed in
@@ -368,7 +372,7 @@ def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_si
     patch = 8
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                       initializer_range=0.5, **ids)  # large weights: answers depend on image and prompt
+                       initializer_range=init, **ids)  # large weights: answers depend on image and prompt
     siglip = SiglipVisionConfig(image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64,
                                 num_hidden_layers=1, num_attention_heads=2)
     sam = SamVisionConfig(image_size=high_res_size, patch_size=16, hidden_size=32, output_channels=8,
@@ -391,6 +395,88 @@ def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_si
 
 
 MODEL_BUILDERS["deepseek-vl"] = build_tiny_deepseek_vl
+
+
+def build_tiny_llava(out_dir, tokenizer, image_size: int = 32, patch: int = 8):
+    """A tiny random LLaVA chat model (CLIP 32 px + 2-layer Llama) with the same chat template: a second
+    chat-VLM architecture for the LoRA tests (not built by --models)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, GPT2TokenizerFast, LlamaConfig,
+                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                            unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
+                            extra_special_tokens={"image_token": "<image_placeholder>"},
+                            chat_template=TINY_CHAT_TEMPLATE)
+    ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    torch.manual_seed(0)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, **ids)
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1, num_attention_heads=2)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-1,
+                      vision_feature_select_strategy="default",
+                      image_token_id=tok.convert_tokens_to_ids(tok.image_token))
+    model = LlavaForConditionalGeneration(cfg)
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(out_dir)
+    images = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    LlavaProcessor(images, tok, patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=TINY_CHAT_TEMPLATE).save_pretrained(out_dir)
+    return model
+
+
+def all_captions() -> list[str]:
+    """Every caption the synthetic dishes can have (8 foods x 4 counts x plate/bowl x 6 colours)."""
+    import itertools
+
+    return [caption_for(f, c, k, col) for f, c, k, col in itertools.product(
+        range(len(FOODS)), range(1, 5), ("plate", "bowl"), CONTAINER_COLOURS)]
+
+
+def build_tiny_blip(out_dir, tokenizer=None, image_size: int = SIZE, patch: int = 8, width: int = 64,
+                    layers: int = 2, heads: int = 2, mlp: int = 256):
+    """A tiny random BlipForConditionalGeneration (ViT 64 px / patch 8 + a 2-layer BERT decoder with
+    cross-attention, 64-dim) and its processor, saved like Salesforce/blip-image-captioning-base. BLIP
+    reads text with a BERT WordPiece tokenizer ([CLS] text [SEP]) and starts captions from [DEC]: one is
+    trained here on every synthetic caption (`tokenizer`, the shared GPT-2-style one, is not used)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
+                              BlipProcessor, BlipTextConfig, BlipVisionConfig)
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=False)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.train_from_iterator(all_captions(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                      special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    wp.decoder = decoders.WordPiece()
+    tok = BertTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                            cls_token="[CLS]", mask_token="[MASK]", bos_token="[DEC]", do_lower_case=False)
+    ids = dict(bos_token_id=tok.bos_token_id, sep_token_id=sep, eos_token_id=sep, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    text = BlipTextConfig(vocab_size=len(tok), hidden_size=width, encoder_hidden_size=width, intermediate_size=mlp,
+                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=64, **ids)
+    vision = BlipVisionConfig(image_size=image_size, patch_size=patch, hidden_size=width, intermediate_size=mlp,
+                              num_hidden_layers=layers, num_attention_heads=heads,
+                              initializer_range=0.02)  # BLIP's default (1e-10) makes a random tower's output constant
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(out_dir)
+    images = BlipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3)
+    BlipProcessor(images, tok).save_pretrained(out_dir)
+    return model
+
+
+MODEL_BUILDERS["blip"] = build_tiny_blip
 
 
 def build_models(data_dir, out=None) -> Path:

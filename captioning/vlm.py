@@ -77,8 +77,11 @@ def pick_dtype(name: str = "auto"):
     return getattr(torch, name)
 
 
-def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, processor) of a chat VLM; the class follows the checkpoint's config, not its name."""
+def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                  device_map: str | None = "auto"):
+    """(model, processor) of a chat VLM; the class follows the checkpoint's config, not its name.
+    On a GPU the layers are placed by `device_map` ("auto": one GPU, or spread over several); training
+    passes None and lets accelerate place the model."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -92,8 +95,8 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
         raise UserError(f"{name} is a {config.model_type!r} model, not an image-text-to-text chat model of "
                         "transformers; pass one such as deepseek-community/deepseek-vl-7b-chat.")
     kwargs = {"token": token, "dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if torch.cuda.is_available():
-        kwargs["device_map"] = "auto"  # one GPU, or the layers spread over several
+    if torch.cuda.is_available() and device_map:
+        kwargs["device_map"] = device_map
     try:
         processor = AutoProcessor.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
     except load_errors() as e:

@@ -8,6 +8,8 @@ take the same path. Nothing is trained.
 
     python task2/deepseek.py --data-dir data --output-dir runs/deepseek
     python task2/deepseek.py --data-dir data --prompt few-shot --batch-size 16
+    python task2/deepseek.py --data-dir data --prompt retrieved --shots 8   # titles of the 8 most similar photos
+    python task2/deepseek.py --data-dir data --adapter runs/vlm_lora        # a LoRA adapter of task2/vlm_lora.py
     HF_TOKEN=... python task2/deepseek.py --data-dir data --model meta-llama/Llama-3.2-11B-Vision-Instruct
     python task2/deepseek.py --data-dir data --backend deepseek_vl   # DeepSeek's original package
 """
@@ -22,6 +24,7 @@ from captioning.engine import Run, atomic_write_text, evaluate_splits, print_met
 from captioning.generation import generation_kwargs
 from captioning.vlm import (chat_answers, clean_title, deepseek_vl_answers, deepseek_vl_classes,
                             image_datasets, load_chat_vlm, load_deepseek_vl_package)
+from captioning.vlm_lora import load_adapter
 
 NATIVE = "deepseek-community/deepseek-vl-7b-chat"  # transformers' own port of the weights
 ORIGINAL = "deepseek-ai/deepseek-vl-7b-chat"  # the weights the deepseek_vl package reads
@@ -31,6 +34,8 @@ PROMPTS = {
              "at most ten words, no explanation.",
     "few-shot": "Here are titles of recipes from the same cookbook:\n{examples}\nWrite the title of the "
                 "recipe for the dish in this image, in the same style. Answer with the title only.",
+    "retrieved": "Here are titles of recipes whose photos look like this one:\n{examples}\nWrite the title of "
+                 "the recipe for the dish in this image, in the same style. Answer with the title only.",
 }
 
 
@@ -46,11 +51,18 @@ class Config(RunConfig):
     #   "original"  "Put a short title to the dish in this image" (the course's prompt)
     #   "title"     asks for the recipe title only, at most ten words, no explanation
     #   "few-shot"  first shows SHOTS titles drawn (seeded) from the training split, then asks for one
-    prompt: str = choice("original", "title", "few-shot")
+    #   "retrieved" first shows the titles of the SHOTS training photos most similar to this one (cosine of
+    #               RETRIEVAL_ENCODER's features), then asks for one
+    prompt: str = choice("original", "title", "few-shot", "retrieved")
     # Your own question instead of PROMPT (empty: use PROMPT)
     question: str = ""
-    # Example titles the few-shot prompt shows
+    # Example titles the few-shot and retrieved prompts show
     shots: int = 8
+    # The frozen image encoder that finds similar training photos for --prompt retrieved
+    retrieval_encoder: str = "google/vit-base-patch16-224-in21k"
+    # A LoRA adapter trained by task2/vlm_lora.py (its run folder or best/): its base model, question and
+    # adapter are used (--model and --prompt are then ignored; --question still wins)
+    adapter: str = ""
     # "transformers": the native classes; "deepseek_vl": DeepSeek's original package, installed with
     # pip install git+https://github.com/deepseek-ai/DeepSeek-VL.git (reads deepseek-ai/deepseek-vl-7b-chat)
     backend: str = choice("transformers", "deepseek_vl")
@@ -78,6 +90,29 @@ def question(cfg) -> str:
     return PROMPTS["few-shot"].format(examples="\n".join(f"- {t}" for t in examples))
 
 
+def retrieved_questions(cfg, datasets) -> dict:
+    """Image name -> the retrieved prompt listing the titles of its `shots` nearest training photos (the
+    photo itself never among them; validation and test titles never read)."""
+    import torch
+
+    from captioning.cache import encoder_fingerprint, feature_datasets
+    from captioning.prefix_llm import load_vision
+    from captioning.retrieval import embed, neighbours
+
+    encoder, processor = load_vision(cfg.retrieval_encoder, hf_token(cfg.hf_token))
+    encoder = encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+    feats = feature_datasets(cfg, processor, encoder, ("train", "valid", "test"), encoder_key=encoder_fingerprint(encoder))
+    train = feats["train"]
+    bank, names = embed(train.arrays), [r.image_name for r in train.records]
+    out = {}
+    for split in ("valid", "test"):
+        queries = [r.image_name for r in feats[split].records]
+        for name, row in zip(queries, neighbours(embed(feats[split].arrays), bank, cfg.shots, queries, names)):
+            examples = "\n".join(f"- {train.records[int(i)].title}" for i in row)
+            out[name] = PROMPTS["retrieved"].format(examples=examples)
+    return out
+
+
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
     if min(cfg.batch_size, cfg.max_new_tokens, cfg.shots) < 1:
@@ -86,12 +121,19 @@ def main(argv=None):
     if original:
         deepseek_vl_classes()  # stops here, with how to install it, when the package is missing
         cfg.model = ORIGINAL if cfg.model == NATIVE else cfg.model
-    run = Run(cfg, f"zero-shot {Path(cfg.model).name} ({'own question' if cfg.question else cfg.prompt})")
+    if original and (cfg.prompt == "retrieved" or cfg.adapter):
+        raise UserError("--prompt retrieved and --adapter need --backend transformers.")
+    what = f"LoRA adapter {Path(cfg.adapter).name}" if cfg.adapter else ("own question" if cfg.question else cfg.prompt)
+    run = Run(cfg, f"{'vlm_lora' if cfg.adapter else 'zero-shot'} {Path(cfg.model).name} ({what})")
     datasets = image_datasets(cfg, ("valid", "test"))
-    ask = question(cfg)
+    per_image = retrieved_questions(cfg, datasets) if cfg.prompt == "retrieved" and not cfg.question else {}
+    ask = question(cfg) if not per_image else PROMPTS["retrieved"]
     if original:
         model, processor = load_deepseek_vl_package(cfg.model, hf_token(cfg.hf_token), cfg.dtype)
         answer = deepseek_vl_answers
+    elif cfg.adapter:
+        model, processor, saved = load_adapter(cfg.adapter, hf_token(cfg.hf_token), cfg.dtype)
+        ask, cfg.model, answer = cfg.question or saved["question"], saved["base"], chat_answers
     else:
         model, processor = load_chat_vlm(cfg.model, hf_token(cfg.hf_token), cfg.dtype, cfg.trust_remote_code)
         answer = chat_answers
@@ -100,7 +142,8 @@ def main(argv=None):
 
     def caption(model, batch, preset):
         kwargs = generation_kwargs(preset, cfg.max_new_tokens)
-        answers = answer(model, processor, batch["image"], ask, **kwargs)
+        questions = [per_image[n] for n in batch["image_name"]] if per_image else ask
+        answers = answer(model, processor, batch["image"], questions, **kwargs)
         raw.extend(answers)
         return [clean_title(a) for a in answers]
 

@@ -1,0 +1,101 @@
+"""Chat-VLM LoRA fine-tuning (captioning.vlm_lora, task2/vlm_lora.py): labels for each chat-VLM family, a
+trained adapter changes the captions, save/load/caption gives the same titles, batched == one at a time."""
+import pytest
+import torch
+
+from captioning.captioner import load_captioner
+from captioning.data import load_image, load_split
+from captioning.vlm import conversation, load_chat_vlm
+from captioning.vlm_lora import (ChatLoRA, add_lora, answer_ids, chat_collate, chat_datasets, end_of_turn_ids,
+                                 encode_images, training_batch)
+
+QUESTION = "Title:"
+
+
+@pytest.fixture(scope="module")
+def chat_models(synth, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from captioning.synthetic import build_tiny_llava
+
+    llava = tmp_path_factory.mktemp("llava")
+    build_tiny_llava(llava, AutoTokenizer.from_pretrained(synth / "models" / "tokenizer"))
+    return {"deepseek-vl-hybrid": synth / "models" / "deepseek-vl", "llava": llava}
+
+
+@pytest.mark.parametrize("family", ["deepseek-vl-hybrid", "llava"])
+def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family, one_thread):
+    model, processor = load_chat_vlm(str(chat_models[family]))
+    records = load_split(synth, "train")[0][:2]
+    images = [load_image(r.path) for r in records]
+    titles = ["Two Eggs on a Red Plate", "A Blue Bowl of One Lime"]
+    tok = processor.tokenizer
+    prompts, _ = encode_images(model, processor, images, QUESTION)
+    ends = end_of_turn_ids(model, tok)
+    ids, mask, labels = training_batch(prompts, [answer_ids(processor, QUESTION, t, ends) for t in titles],
+                                       tok.pad_token_id)
+    # the reference: the processor's own assistant-token mask ({% generation %} markers of the template)
+    chats = [conversation(im, QUESTION) + [{"role": "assistant", "content": [{"type": "text", "text": t}]}]
+             for im, t in zip(images, titles)]
+    ref = processor.apply_chat_template(chats, tokenize=True, return_dict=True, return_tensors="pt",
+                                        return_assistant_tokens_mask=True, processor_kwargs={"padding": True})
+    image_id = tok.convert_tokens_to_ids(tok.image_token)
+    for i, title in enumerate(titles):
+        real = ids[i][mask[i] == 1]
+        want = ref["input_ids"][i][ref["assistant_masks"][i] == 1]
+        got = labels[i][labels[i] != -100].tolist()
+        # title + end-of-turn, nothing else; plus the space the template writes between "Assistant:" (where the
+        # generation prompt stops) and the title, which generation has to produce too
+        assert got[len(got) - len(want):] == want.tolist() and not tok.decode(got[: len(got) - len(want)]).strip()
+        assert tok.decode(want[:-1]).strip() == title and want[-1].item() in ends
+        ref_real = ref["input_ids"][i][ref["attention_mask"][i] == 1]
+        assert real.tolist() == ref_real[: len(real)].tolist()  # the same chat, image tokens expanded
+        assert (labels[i][: len(prompts[i])] == -100).all() and (labels[i][mask[i] == 0] == -100).all()
+        assert (ids[i] == image_id).sum() >= 16 and (labels[i][ids[i] == image_id] == -100).all()
+
+
+@pytest.fixture(scope="module")
+def trained(chat_models, synth, tmp_path_factory, one_thread):
+    """The tiny DeepSeek-VL hybrid with a LoRA adapter trained for a few steps on cached vision outputs."""
+    from types import SimpleNamespace
+
+    model, processor = load_chat_vlm(str(chat_models["deepseek-vl-hybrid"]))
+    cfg = SimpleNamespace(data_dir=str(synth), images_dir="", limit=24, cache_dir="", batch_size=8)
+    data = chat_datasets(cfg, model, processor, QUESTION, ("train",))["train"]
+    model = add_lora(model, "r64")
+    chat = ChatLoRA(model, processor, QUESTION, max_new_tokens=8)
+    batch = chat_collate([data[i] for i in range(len(data))])
+    before = chat.caption(model, batch)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(0)
+    model.train()
+    losses = []
+    for _ in range(25):
+        loss = chat.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    folder = tmp_path_factory.mktemp("adapter") / "best"
+    chat.save(model, folder, str(chat_models["deepseek-vl-hybrid"]))
+    return chat, data, batch, before, losses, folder
+
+
+def test_trained_adapter_changes_the_captions(trained):
+    chat, _, batch, before, losses, _ = trained
+    assert losses[-1] < 0.5 * losses[0], losses
+    after = chat.caption(chat.model, batch)
+    assert after != before
+    assert sum(a == t for a, t in zip(after, batch["caption"])) > sum(b == t for b, t in zip(before, batch["caption"]))
+
+
+def test_save_load_and_caption_again_give_the_same_titles(trained):
+    chat, data, batch, _, _, folder = trained
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "captioner.json").is_file()
+    cap = load_captioner(folder.parent, device="cpu")  # the run folder holding best/
+    assert cap.describe()["family"] == "chat-vlm-lora"
+    images = [load_image(r.path) for r in data.records[:6]]
+    titles = [c.title for c in cap.caption(images)]
+    assert titles == chat.caption(chat.model, chat_collate([data[i] for i in range(6)]))
+    assert [cap.caption([im])[0].title for im in images] == titles  # batched == one at a time
