@@ -6,7 +6,7 @@ Layout used by every script:
                                                               JSON list of extra valid titles)
     IMAGES_DIR/<Image_Name>.jpg (.jpeg, .png)                 default IMAGES_DIR = DATA_DIR/images
 
-    python -m captioning.data split --csv "<Kaggle CSV>" --images "<Food Images dir>" --out DIR
+    python -m captioning.data split --csv "<Kaggle CSV>" --images-dir "<Food Images/Food Images>" --out DIR
 turns the Kaggle download into that layout.
 """
 from __future__ import annotations

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .config import UserError
-from .data import ImageError, load_image, load_split, log
+from .data import ImageError, load_image, log, split_records
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .loading import load_errors
 from .vlm import clean_title, conversation, load_chat_vlm
@@ -223,7 +223,7 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
     pkey = json.dumps(getattr(processor, "to_dict", lambda: {})(), sort_keys=True, default=str)
     out = {}
     for split in splits:
-        records, _ = load_split(cfg.data_dir, split, cfg.images_dir or None)
+        records, _ = split_records(cfg, split)
         if cfg.limit:
             records = records[: cfg.limit]
         key = _fingerprint([r.path for r in records], "chat-vision", frozen, pkey, question) if records else ""

@@ -117,7 +117,8 @@ def test_every_option_has_help(capsys):
     class's text), and `python -m captioning.data --help` shows the split command's options."""
     scripts = ["task1/task1_1.py", "task1/vit_gpt2_finetuned.py", "task1/vit_gpt2_finetuned_RL.py",
                "task1/vit_gpt2_teacherF.py", "task1/vit_gpt2_finetuned_nuclear.py", "task1/vit_gpt2_attention.py",
-               "task2/train.py", "task2/inferllama.py", "task2/deepseek.py", "imageCleaning/preprocess.py"]
+               "task1/blip.py", "task1/baselines.py", "task2/train.py", "task2/inferllama.py", "task2/deepseek.py",
+               "task2/vlm_lora.py", "imageCleaning/preprocess.py"]
     for script in scripts:
         parser = build_parser(load(script).Config)
         bare = [a.option_strings[0] for a in parser._actions if (a.help or "").startswith("(default")]
