@@ -82,6 +82,24 @@ def test_dataset_gives_the_records_split_and_metrics_of_the_csv_folder(synth, tm
         csv, _ = load_split(tmp_path / "layout", split, synth / "images")
         ds, _ = split_records(RunConfig(dataset=str(one)), split)
         assert same(csv, ds), split
+    # the cleaner reads a --dataset too, and its output folder then works on its own (OUT/images)
+    summary = load("imageCleaning/preprocess.py").main(["--dataset", str(hub), "--out", str(tmp_path / "clean"),
+                                                        "--no-ocr", "--workers", "1"])
+    assert summary["rows_kept"]["test"] > 5 and (tmp_path / "clean" / "images").is_symlink()
+    assert len(load_split(tmp_path / "clean", "test")[0]) == summary["rows_kept"]["test"]
+    # a hub-style dataset: images stored as bytes (parquet), several captions per image, one split
+    import datasets
+
+    titles = [["Two Eggs on a Red Plate", "eggs on a plate"], ["A Blue Bowl of Olives"]] * 5
+    pics = [Image.new("RGB", (16, 16), (20 * i, 0, 0)) for i in range(10)]
+    (tmp_path / "parquet").mkdir()
+    datasets.Dataset.from_dict({"image": pics, "caption": titles}).cast_column("image", datasets.Image()) \
+        .to_parquet(str(tmp_path / "parquet" / "train.parquet"))
+    records = {s: split_records(RunConfig(dataset=str(tmp_path / "parquet")), s)[0] for s in SPLITS}
+    assert {s: len(r) for s, r in records.items()} == {"train": 8, "valid": 1, "test": 1}
+    first = min(records["train"], key=lambda r: r.image_name)
+    assert first.image_name == "train-000000" and first.references == ["Two Eggs on a Red Plate", "eggs on a plate"]
+    assert Image.open(first.path).getpixel((0, 0)) == (0, 0, 0)
     with pytest.raises(UserError, match="does not exist"):
         split_records(RunConfig(dataset=str(tmp_path / "nowhere")), "train")
     with pytest.raises(UserError, match="Title"):  # an imagefolder without metadata: no title column
