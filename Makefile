@@ -7,15 +7,18 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench app clean
 
 setup: system-deps $(STAMP)
 
-# Java (pycocoevalcap's METEOR and PTB tokenizer) and tesseract (OCR cleaning) come from apt.
+# Java (pycocoevalcap's METEOR and PTB tokenizer), tesseract (OCR cleaning) and Chromium with its
+# driver (the web page's browser test) come from apt.
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
 	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "setup: installing$$missing with apt-get"; \
@@ -42,6 +45,11 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# The web page with every model `make demo` trained (http://127.0.0.1:7860; PORT=... to change it).
+PORT ?= 7860
+app: setup
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m captioning.app --runs demo_runs --port $(PORT)
 
 clean:
 	rm -rf demo_runs demo_data .pytest_cache

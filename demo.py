@@ -4,7 +4,8 @@ Stages: synthetic data + tiny models -> cleaning (imageCleaning/preprocess, into
 later stages use its CSVs) -> direct evaluation of the untrained model (task1_1) ->
 fine-tuning (vit_gpt2_finetuned) -> SCST from its best model (vit_gpt2_finetuned_RL) -> task2: the
 fine-tuned ViT frozen + projector + tiny Llama with LoRA (llama_lora), then inference with that run
-(inferllama) -> test scores -> report (table, gallery, curves). Each stage writes its run into RUNS_DIR/<script name>/. The tiny
+(inferllama) -> the caption command checked against every trained run's predictions.csv -> test scores
+-> report (table, gallery, curves); every best/ model gets a model card (best/README.md). Each stage writes its run into RUNS_DIR/<script name>/. The tiny
 models are random-weight stand-ins for the real checkpoints, so the numbers show the pipeline works,
 not how good the real models are.
 
@@ -91,6 +92,25 @@ def pick_data(a, runs: Path) -> tuple[Path, Path, str]:
     return runs / "data", runs / "data" / "images", "synthetic data"
 
 
+def check_caption_command(demo: Demo) -> None:
+    """`python -m captioning.caption --model RUN` on a trained run's test images must give exactly the
+    titles of its predictions.csv: checked for every run with a best/ model (the model's own preset)."""
+    from captioning.caption import check_run
+    from captioning.config import UserError
+
+    print("\n=== the caption command reproduces every trained run's predictions.csv ===", flush=True)
+    t0 = time.time()
+    bad = []
+    for best in sorted(demo.runs.glob("*/best")):
+        if (best.parent / "predictions.csv").exists():
+            c = check_run(best.parent)
+            print(f"  {c['run']}: {c['same']} of {c['total']} test titles equal")
+            bad += [f"{c['run']} {name}: {want!r} vs {got!r}" for name, want, got in c["differ"][:3]]
+    demo.times["caption check"] = time.time() - t0
+    if bad:
+        raise UserError("the caption command's titles differ from predictions.csv: " + "; ".join(bad))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="demo_runs", help="where each stage writes its run (default demo_runs)")
@@ -143,6 +163,7 @@ def main(argv=None):
     demo.stage("deepseek", "task2/deepseek.py", "--model", str(models / "deepseek-vl"), "--limit", "48",
                "--max-new-tokens", "12")
 
+    check_caption_command(demo)
     from captioning.report import report
 
     out = report(runs)

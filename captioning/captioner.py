@@ -22,7 +22,8 @@ A family is a subclass of `Captioner` registered here under a name:
 - `caption(images, preset=None, top_k=0, max_new_tokens=None)` -> one `Caption` per PIL image, in
   order. Images arrive as 8-bit RGB (captioning.data.load_image makes them so: EXIF-rotated, alpha on
   white); the family does its own resizing (captioning.imaging.square_pixels, the pixel cache's
-  resize, so titles equal the ones the run was scored on). `preset` is a name from
+  resize, so titles equal the ones the run was scored on; `self.autocast(device)` decodes in the
+  run's precision). `preset` is a name from
   captioning.generation.PRESETS; None means the model's own (`self.preset`, from the manifest).
   With top_k > 0 each Caption also carries up to k alternatives, best first, each with a score
   (generation.top_k_captions: a k-beam search, score = mean log-probability per token, 0 = certain).
@@ -97,6 +98,14 @@ class Captioner:
 
     def _decoding(self, preset, max_new_tokens) -> tuple[str, int]:
         return preset or self.preset, int(max_new_tokens or self.max_new_tokens)
+
+    def autocast(self, device):
+        """The autocast the run was scored under (manifest setting "autocast": "bf16"/"fp16"), else none,
+        so a photo gets the title the run's predictions.csv holds for it."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.get("autocast"))
+        return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 def default_device(device=None):

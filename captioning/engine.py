@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .card import write_card
 from .config import UserError, to_dict
 from .data import collate
 from .loading import load_errors
@@ -159,6 +160,15 @@ def precision(cfg) -> str:
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     return mp
+
+
+def scoring_settings(cfg) -> dict:
+    """How a run is scored, as its best/ manifest records it (captioner.write_manifest): the preset, the
+    caption length and, when the evaluation runs under bf16/fp16 autocast, that precision."""
+    settings = {"preset": cfg.preset, "max_new_tokens": cfg.max_new_tokens}
+    if precision(cfg) in ("bf16", "fp16"):
+        settings["autocast"] = precision(cfg)
+    return settings
 
 
 def make_adamw(params, cfg):
@@ -464,6 +474,7 @@ def train_and_evaluate(cfg, recipe: Recipe, datasets: dict, method: str) -> dict
                                         "train_seconds": round(state["train_seconds"], 1),
                                         "monitor": cfg.monitor, "processes": accelerator.num_processes})
         print_metrics(method, metrics)
+        write_card(run.dir)  # best/README.md: the model card, from the files just written
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

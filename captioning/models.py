@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .cache import pixel_datasets
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
-from .engine import Recipe
+from .engine import Recipe, scoring_settings
 from .generation import caption_pixels, decode, generation_kwargs, group_alternatives, top_k_kwargs
 from .imaging import pixel_batch, pixel_normalizer, processor_size  # noqa: F401  (processor_size: old callers)
 from .loading import check_local_or_hub, load_error, load_errors
@@ -125,7 +125,7 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
         return caption_pixels(model, pixel_values(batch), tokenizer, preset, cfg.max_new_tokens)
 
     def save(model, folder):
-        settings = {"preset": cfg.preset, "max_new_tokens": cfg.max_new_tokens}
+        settings = scoring_settings(cfg)
         if uses_feature_cache(cfg):
             settings["encoder_features"] = FEATURES_DTYPE
         VisionEncoderDecoderCaptioner(model, processor, tokenizer, folder, settings).save(folder)
@@ -196,10 +196,11 @@ class VisionEncoderDecoderCaptioner(Captioner):
     @torch.no_grad()
     def encoder_outputs(self, images) -> torch.Tensor:
         pixels = self.normalize(pixel_batch(images, self.processor).to(self.model.device))
-        hidden = self.model.encoder(pixel_values=pixels).last_hidden_state
-        if self.feature_dtype:
-            hidden = hidden.to(getattr(torch, self.feature_dtype)).float()
-        return hidden
+        if self.feature_dtype:  # the run read cached features: computed in full precision, stored rounded
+            hidden = self.model.encoder(pixel_values=pixels).last_hidden_state
+            return hidden.to(getattr(torch, self.feature_dtype)).float()
+        with self.autocast(self.model.device):  # generate(pixel_values=...) ran the encoder under it too
+            return self.model.encoder(pixel_values=pixels).last_hidden_state
 
     @torch.no_grad()
     def caption(self, images, preset=None, top_k=0, max_new_tokens=None) -> list[Caption]:
@@ -211,7 +212,8 @@ class VisionEncoderDecoderCaptioner(Captioner):
         hidden = self.encoder_outputs(images)
 
         def generate(**kwargs):  # a fresh encoder_outputs per call: generate expands it in place for beams
-            return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
+            with self.autocast(self.model.device):
+                return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
 
         titles = decode(self.tokenizer, generate(**generation_kwargs(preset, max_new)))
         alternatives = [[] for _ in titles]

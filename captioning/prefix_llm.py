@@ -36,7 +36,7 @@ from torch import nn
 
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
-from .engine import Recipe
+from .engine import Recipe, scoring_settings
 from .generation import decode, generation_kwargs, group_alternatives, top_k_kwargs
 from .imaging import pixel_batch, pixel_normalizer
 from .loading import check_local_or_hub, load_error, load_errors
@@ -333,7 +333,7 @@ def anymodal_recipe(model: AnyModalCaptioner, cfg, token: str | None = None) -> 
 
     def save(model, folder):
         model.save(folder)
-        write_manifest(folder, PrefixLLMCaptioner.family, preset=cfg.preset, max_new_tokens=cfg.max_new_tokens)
+        write_manifest(folder, PrefixLLMCaptioner.family, **scoring_settings(cfg))
 
     return Recipe(model=model, loss=loss, caption=caption, save=save,
                   load=lambda folder: AnyModalCaptioner.load(folder, token))
@@ -395,10 +395,12 @@ class PrefixLLMCaptioner(Captioner):
         pixels = self.normalize(pixel_batch(images, self.processor).to(device))
         features = self.encoder(pixel_values=pixels).last_hidden_state
         features = features.to(getattr(torch, FEATURES_DTYPE)).float()
-        titles = self.model.caption(features, preset, max_new)
+        with self.autocast(device):
+            titles = self.model.caption(features, preset, max_new)
         alternatives = [[] for _ in titles]
         if top_k > 0:
-            out = self.model.generate(features, "greedy", max_new, **top_k_kwargs(top_k))
+            with self.autocast(device):
+                out = self.model.generate(features, "greedy", max_new, **top_k_kwargs(top_k))
             alternatives = group_alternatives(decode(self.model.tokenizer, out.sequences), out.sequences_scores,
                                               top_k)
         return [Caption(t, a) for t, a in zip(titles, alternatives)]
