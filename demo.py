@@ -81,8 +81,8 @@ def pick_data(a, runs: Path) -> tuple[Path, Path, str]:
     if a.dataset or a.data_dir:
         if a.dataset and a.data_dir:
             raise UserError("pass --data-dir or --dataset, not both.")
-        opts = argparse.Namespace(dataset=a.dataset or "", data_dir=a.data_dir or "", images_dir=a.images_dir or "",
-                                  cache_dir=str(runs / ".cache"))
+        opts = argparse.Namespace(dataset=a.dataset or "", data_dir=a.data_dir or "",
+                                  images_dir=a.images_dir or "", cache_dir=str(runs / ".cache"))
         data, images = data_folders(opts)
         if not images.is_dir():
             raise UserError(f"images folder {images} does not exist (set --images-dir).")

@@ -375,8 +375,8 @@ def dataset_layout(dataset: str, cache_dir: str | None = None) -> tuple[Path, Pa
             os.replace(tmp, out)
         except OSError:  # another process laid it out at the same moment: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
-        log(f"dataset {dataset}: " + ", ".join(f"{s} {n} rows" for s, n in
-                                               json.loads(manifest.read_text())["rows"].items()) + f" -> {out}")
+        rows = json.loads(manifest.read_text())["rows"]
+        log(f"dataset {dataset}: " + ", ".join(f"{s} {n} rows" for s, n in rows.items()) + f" -> {out}")
     _layouts[key] = (out, out / "images")
     return _layouts[key]
 
@@ -543,9 +543,11 @@ def split_main(argv=None):
     p.add_argument("--out", required=True, help="output folder for {train,valid,test}_data.csv")
     p.add_argument("--seed", type=int, default=SPLIT_SEED, help=f"split seed (default {SPLIT_SEED})")
     p.add_argument("--link-images", action="store_true",
-                   help="also create OUT/images as a symlink to --images-dir (scripts then need no --images-dir)")
+                   help="also create OUT/images as a symlink to --images-dir (scripts then need no "
+                   "--images-dir)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a different split already in OUT (cleaned data and runs made from it go stale)")
+                   help="replace a different split already in OUT (cleaned data and runs made from it go "
+                   "stale)")
     a = p.parse_args(argv)
     images = Path(a.images)
     if not images.is_dir():
@@ -558,8 +560,9 @@ def split_main(argv=None):
     old = [s for s in SPLITS if split_csv(out, s).exists()]
     if old and not a.overwrite and any(split_csv(out, s).read_text() != texts[s] for s in SPLITS
                                        if split_csv(out, s).exists()):
-        raise UserError(f"{out} already holds a different split ({', '.join(split_csv(out, s).name for s in old)}; "
-                        "another --seed or CSV?): data cleaned and runs trained from it would no longer match. "
+        held = ", ".join(split_csv(out, s).name for s in old)
+        raise UserError(f"{out} already holds a different split ({held}; another --seed or CSV?): data "
+                        "cleaned and runs trained from it would no longer match. "
                         "Choose a new --out, or pass --overwrite to replace it.")
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:

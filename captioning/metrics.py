@@ -303,7 +303,8 @@ def meteor_scores(captions, references, chunk: int = 256) -> list[float]:
 
 def format_table(rows: dict[str, dict]) -> str:
     """Markdown table: one row per name, the number of images scored, one column per metric."""
-    head = "| run | images | " + " | ".join(METRIC_KEYS) + " |\n|---|---:|" + "---:|" * len(METRIC_KEYS) + "\n"
+    head = ("| run | images | " + " | ".join(METRIC_KEYS) + " |\n"
+            + "|---|---:|" + "---:|" * len(METRIC_KEYS) + "\n")
     body = "".join(f"| {name} | {m.get('images', '?')} | "
                    + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_KEYS) + " |\n"
                    for name, m in rows.items())

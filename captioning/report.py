@@ -152,7 +152,8 @@ def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | N
                  f"<td class=ref>{html.escape(r['reference'])}</td>"]
         for name in names:
             df = preds[name]
-            cells.append(_caption_cell(df.at[image, "prediction"] if image in df.index else None, r["reference"]))
+            text = df.at[image, "prediction"] if image in df.index else None
+            cells.append(_caption_cell(text, r["reference"]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference", *names])
     page = f"""<!doctype html><meta charset=utf-8><title>Caption gallery</title>
@@ -199,8 +200,8 @@ def curves(runs: list[Path], out: Path) -> Path | None:
 
 
 def curve_figure(runs: list[Path]):
-    """The figure of curves.png: training loss (SCST runs' in a panel of their own) and the validation metric per
-    epoch, one colour per run in every panel. A run that continues another (SCST from a fine-tuned
+    """The figure of curves.png: training loss (SCST runs' in a panel of their own) and the validation
+    metric per epoch, one colour per run in every panel. A run that continues another (SCST from a fine-tuned
     run's best/) is drawn after that run's last epoch."""
     logs, configs, scst = {}, {}, set()
     for run in runs:

@@ -182,7 +182,8 @@ def main(argv=None):
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, out, cached, len(paths))
     if not (out / "images").exists():
-        print(f"  next: every script with --data-dir {shlex.quote(str(out))} --images-dir {shlex.quote(str(images))}")
+        where = f"--data-dir {shlex.quote(str(out))} --images-dir {shlex.quote(str(images))}"
+        print(f"  next: every script with {where}")
     return summary
 
 

@@ -69,9 +69,9 @@ def main(argv=None):
         for record, text in list(zip(kept, predictions))[:10]:
             print(f"{record.image_name}: {text}")
         # the run's last file: a second run into this folder then knows it is finished
-        run.write_json("metrics.json", {"info": {"method": run.method, "preset": cfg.preset, "photos": cfg.photos,
-                                                 "images": len(kept), "scored": False,
-                                                 "trained_run": str(Path(cfg.run).resolve())}})
+        info = {"method": run.method, "preset": cfg.preset, "photos": cfg.photos, "images": len(kept),
+                "scored": False, "trained_run": str(Path(cfg.run).resolve())}
+        run.write_json("metrics.json", {"info": info})
     else:
         splits = ("valid", "test") if cfg.split == "both" else (cfg.split,)
         datasets = feature_datasets(cfg, processor, encoder, splits, encoder_key=fingerprint)
