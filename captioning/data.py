@@ -325,17 +325,18 @@ def _columns(ds, dataset: str) -> tuple[str, str, str | None]:
     return images[0], titles[0], names[0] if names else None
 
 
-def _image_bytes(value) -> tuple[bytes | None, str]:
-    """(encoded bytes, file extension) of one undecoded datasets.Image value."""
+def _image_source(value) -> tuple[Path | None, bytes | None, str]:
+    """(local file or None, encoded bytes or None, file extension) of one undecoded datasets.Image value:
+    a local image is linked or copied later, never read here."""
     value = value or {}
     path = value.get("path") or ""
+    src = Path(path) if value.get("bytes") is None and path and Path(path).is_file() else None
+    data = None if src else value.get("bytes")
     ext = Path(path).suffix.lower()
-    data = value.get("bytes")
-    if data is None and path and Path(path).is_file():
-        data = Path(path).read_bytes()
-    if ext not in IMAGE_EXTS and data:
-        ext = ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ".webp" if data[8:12] == b"WEBP" else ".jpg"
-    return data, ext
+    if ext not in IMAGE_EXTS and (src or data):
+        head = src.open("rb").read(12) if src else data[:12]
+        ext = ".png" if head[:8] == b"\x89PNG\r\n\x1a\n" else ".webp" if head[8:12] == b"WEBP" else ".jpg"
+    return src, data, ext
 
 
 def dataset_layout(dataset: str, cache_dir: str | None = None) -> tuple[Path, Path]:
@@ -392,21 +393,23 @@ def _write_layout(hub, dataset: str, out: Path) -> dict:
         for i, row in enumerate(ds.cast_column(image_col, datasets.Image(decode=False))):
             title = row[title_col]
             refs = [str(t) for t in title] if isinstance(title, (list, tuple)) else [str(title or "")]
-            data, ext = _image_bytes(row[image_col])
+            src, data, ext = _image_source(row[image_col])
             path = (row[image_col] or {}).get("path") or ""
             image = str(row[name_col]) if name_col else Path(path).stem or f"{name}-{i:06d}"
             if image.lower().endswith(IMAGE_EXTS):
                 image = image[: image.rfind(".")]
-            src = Path(path) if (row[image_col] or {}).get("bytes") is None and path else None
             identity = str(src) if src else (name, i)  # rows of one local file share its image
             if written.get(image, identity) != identity:  # two images of one name: the later is renamed
                 image = f"{image}-{name}-{i:06d}"
-            if data and image not in written and not is_unsafe_name(image):  # load_split names unsafe ones
+            if (src or data) and image not in written and not is_unsafe_name(image):  # load_split names unsafe
                 dst = out / "images" / f"{image}{ext}"
-                try:
-                    os.link(src, dst) if src else dst.write_bytes(data)
-                except OSError:
+                if data is not None:
                     dst.write_bytes(data)
+                else:
+                    try:
+                        os.link(src, dst)  # no copy when the cache is on the same disk
+                    except OSError:
+                        shutil.copyfile(src, dst)
             written[image] = identity
             table.append({"Title": refs[0] if refs else "", "Image_Name": image,
                           "References": json.dumps(refs) if len(refs) > 1 else ""})
