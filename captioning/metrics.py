@@ -115,11 +115,11 @@ def evaluate_captions(predictions, references, meteor: bool = True) -> dict:
     if not predictions:
         raise ValueError("no captions to score")
     gts, res = tokenize(predictions, references)
-    # METEOR's Java side misreads an empty hypothesis; a lone space scores 0 all the same.
-    res_m = {k: [v[0] if v[0].strip() else "."] for k, v in res.items()}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)}
-    out["METEOR"] = float(get_meteor().compute_score(gts, res_m)[0]) if meteor else float("nan")
+    # an empty caption goes to METEOR as it is, exactly as pycocoevalcap sends it (it scores 0 and
+    # counts in the corpus statistics; any stand-in such as "." would change the corpus score)
+    out["METEOR"] = float(get_meteor().compute_score(gts, res)[0]) if meteor else float("nan")
     out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return {k: out[k] for k in METRIC_KEYS}
