@@ -169,7 +169,7 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
 # Lower bounds checked for every config that has these fields.
 MINIMUMS = {"batch_size": 1, "max_new_tokens": 1, "limit": 0, "workers": 0, "epochs": 0, "lr": 1e-12,
             "grad_accum": 1, "eval_every": 1, "restart_epochs": 1, "max_length": 2, "patience": 0,
-            "weight_decay": 0, "max_grad_norm": 0}
+            "weight_decay": 0, "max_grad_norm": 0, "process_timeout": 1}
 
 
 def to_dict(cfg, redact: bool = True) -> dict:
@@ -211,8 +211,8 @@ class RunConfig(DataConfig):
     batch_size: int = 32
     # Decoding for the reported numbers: "beam" (4 beams), "greedy", or "nucleus" (top-p sampling)
     preset: str = choice("beam", "greedy", "nucleus")
-    # Longest generated caption, in tokens
-    max_new_tokens: int = 24
+    # Longest generated caption, in tokens (at least a training run's MAX_LENGTH, or long titles are cut)
+    max_new_tokens: int = 32
     # Use only the first N rows of each split (0 = all); for quick checks
     limit: int = 0
     # Worker processes for image decoding and the DataLoader
@@ -223,6 +223,9 @@ class RunConfig(DataConfig):
     hf_token: str = ""
     # Replace an existing run in OUTPUT_DIR (otherwise the program refuses to touch it)
     overwrite: bool = False
+    # Several processes (accelerate launch, torchrun): minutes a process waits for the others (a cache being
+    # built, a best model being saved) before the run is stopped
+    process_timeout: int = 60
 
 
 @dataclasses.dataclass

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .card import write_card
 from .config import UserError, to_dict
 from .data import collate
@@ -131,6 +132,8 @@ class Recipe:
 
     loss(model, batch, state) -> scalar loss; caption(model, batch, preset) -> list of captions;
     save(model, folder) writes the best model; load(folder) -> model for the final evaluation.
+    A loss that averages over tokens (or samples) should average over every process's, with
+    distributed.global_mean(sum, count): under several processes that is the single-process loss.
     """
     model: torch.nn.Module
     loss: Callable
@@ -181,7 +184,8 @@ def make_adamw(params, cfg):
 
 
 def make_accelerator(cfg, project_dir=None):
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    """The run's Accelerator; a tracker (--report-to) logs into `project_dir`, by default the run folder."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     mp = precision(cfg)
     kwargs = {}
@@ -192,16 +196,16 @@ def make_accelerator(cfg, project_dir=None):
         pkg = {"tensorboard": "tensorboard", "wandb": "wandb"}[report]
         if importlib.util.find_spec(pkg) is None:
             raise UserError(f"--report-to {report} needs the {pkg} package: pip install {pkg}.")
-        kwargs.update(log_with=report, project_dir=str(project_dir))
+        kwargs.update(log_with=report, project_dir=str(project_dir or cfg.output_dir))
     # Several processes (accelerate launch, torchrun) on a machine without a GPU join one gloo group
     # only when accelerate is told cpu=True; otherwise each would train alone on all the data.
-    acc = getattr(torch, "accelerator", None)
-    no_device = not (acc.is_available() if acc is not None else torch.cuda.is_available())
-    kwargs["cpu"] = no_device and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    join = distributed.init_kwargs(cfg)
+    distributed.state(cfg)  # the caches may have started it already; the same settings either way
     return Accelerator(
         mixed_precision=mp, gradient_accumulation_steps=getattr(cfg, "grad_accum", 1),
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
+        dataloader_config=DataLoaderConfiguration(split_batches=True), cpu=join["cpu"],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                         InitProcessGroupKwargs(timeout=join["timeout"])], **kwargs)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -225,22 +229,39 @@ def _frozen_children_to_eval(model) -> None:
 @torch.no_grad()
 def generate_split(caption_fn, model, dataset, cfg, preset: str, device, desc: str, collate_fn=collate):
     """Free-running captions for every item of `dataset`, in order, batched (in bf16/fp16 autocast when
-    the run trains in it: precision(cfg))."""
+    the run trains in it: precision(cfg)).
+
+    Under several processes each captions a contiguous share of the batches (distributed.my_batches) and
+    every process returns all captions, in order. Each batch draws from its own seed (seed + batch
+    number), so nucleus captions do not depend on how many processes share the work."""
     model.eval()
-    _set_seed(cfg.seed)  # nucleus sampling is reproducible
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                                         collate_fn=collate_fn, num_workers=0)
+    mine = distributed.my_batches(len(dataset), cfg.batch_size)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(cfg))
     preds = []
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1):
+    main = distributed.rank_and_world()[0] == 0
+    for number, items in tqdm(mine, desc=desc, leave=False, unit="batch", mininterval=1, disable=not main):
+        _set_seed(cfg.seed + number)
+        batch = collate_fn([dataset[i] for i in items])
         with torch.autocast(torch.device(device).type, dtype=half, enabled=half is not None):
             preds.extend(caption_fn(model, to_device(batch, device), preset))
-    return preds
+    return distributed.gather(preds)
 
 
 def score(dataset, predictions) -> dict:
     """The metrics of one split, with the number of images scored (a --limit run says so)."""
     return {**evaluate_captions(predictions, [r.references for r in dataset.records]), "images": len(predictions)}
+
+
+def score_on_main(dataset, predictions) -> dict:
+    """score() computed by the main process only (one METEOR process), the result sent to every process."""
+    out = [None]
+    if distributed.rank_and_world()[0] == 0:
+        out = [score(dataset, predictions)]
+    if distributed.started():
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(out, src=0)
+    return out[0]
 
 
 def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, collate_fn=collate,
@@ -255,10 +276,10 @@ def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, co
         if ds is None or len(ds) == 0:
             continue
         preds = generate_split(caption_fn, model, ds, cfg, cfg.preset, device, f"captioning {split}", collate_fn)
-        metrics[split] = score(ds, preds)
+        metrics[split] = score_on_main(ds, preds)
         spread[split] = caption_spread(preds)
         warning = collapse_warning(spread[split], f"{split} images")
-        if warning:
+        if warning and distributed.is_main():
             print(warning, file=sys.stderr)
         run.write_predictions(ds.records, preds, "predictions.csv" if split == "test" else "predictions_valid.csv")
     if not metrics:
@@ -349,11 +370,14 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
     if cfg.batch_size % accelerator.num_processes:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {accelerator.num_processes} processes.")
     sampler = EpochSampler(len(train), cfg.seed)
+    workers = cfg.workers if len(train) > 4 * cfg.batch_size else 0
+    # The loader's own generator: starting its worker processes draws a seed from it, not from the global
+    # RNG, so a resumed epoch (whose workers start afresh) draws the same dropout masks as an
+    # uninterrupted one (whose persistent workers started in epoch 1).
     loader = torch.utils.data.DataLoader(
         train, batch_size=cfg.batch_size, sampler=sampler, collate_fn=recipe.collate, drop_last=False,
-        num_workers=cfg.workers if len(train) > 4 * cfg.batch_size else 0,
-        persistent_workers=cfg.workers > 0 and len(train) > 4 * cfg.batch_size,
-        pin_memory=torch.cuda.is_available())
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: every parameter is frozen.")
@@ -393,7 +417,7 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
                    disable=not accelerator.is_main_process, mininterval=1)
         for i, batch in enumerate(bar):
             ts = TrainState(epoch, state["step"], total, (epoch + i / len(loader)) / cfg.epochs)
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(model), accelerator.autocast():  # autocast reaches submodules called directly
                 loss = recipe.loss(model, batch, ts)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -414,9 +438,9 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % cfg.eval_every == 0 or last:
             flag = [None]
+            preds = generate_split(recipe.caption, unwrapped, datasets["valid"], cfg, cfg.eval_preset,
+                                   accelerator.device, "validating", recipe.collate)  # every process a share
             if accelerator.is_main_process:
-                preds = generate_split(recipe.caption, unwrapped, datasets["valid"], cfg, cfg.eval_preset,
-                                       accelerator.device, "validating", recipe.collate)
                 m = score(datasets["valid"], preds)
                 row["valid"] = m
                 spread = caption_spread(preds)
@@ -454,27 +478,43 @@ def fit(run: Run, cfg, recipe: Recipe, datasets: dict, accelerator) -> dict:
     return state
 
 
+def free_training_copy(accelerator, model) -> None:
+    """Release the trained model's memory (weights, gradients, optimizer state) before best/ loads, so the
+    final evaluation never holds two copies of a base LLM. `model` is left on the meta device: unusable."""
+    import gc
+
+    accelerator.free_memory()  # the prepared (wrapped) model and optimizer it holds
+    model.to("meta")  # parameters keep their objects but lose their storage, wherever else they are referenced
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def train_and_evaluate(cfg, recipe: Recipe, datasets: dict, method: str) -> dict:
     """The whole life of a training run: folder, fit, best model on valid and test, metrics.json."""
     for split, why in (("train", "to train on"), ("valid", "to choose the best epoch")):
         if datasets.get(split) is None or len(datasets[split]) == 0:
             raise UserError(f"the {split} split has no usable images; training needs them {why}.")
-    accelerator = make_accelerator(cfg)
+    if cfg.max_new_tokens < cfg.max_length:
+        print(f"note: --max-new-tokens {cfg.max_new_tokens} is below --max-length {cfg.max_length}: captions longer "
+              f"than {cfg.max_new_tokens} tokens are cut in validation and test", file=sys.stderr)
+    accelerator = make_accelerator(cfg, project_dir=cfg.output_dir)
     run = Run(cfg, method, is_main=accelerator.is_main_process, resume=cfg.resume)
     accelerator.wait_for_everyone()
     if getattr(cfg, "report_to", "none") != "none":
         accelerator.init_trackers(method, config={k: v for k, v in to_dict(cfg).items()
                                                   if isinstance(v, (int, float, str, bool))})
     state = fit(run, cfg, recipe, datasets, accelerator)
-    metrics = {}
+    free_training_copy(accelerator, recipe.model)
+    best = recipe.load(run.dir / "best").to(accelerator.device)  # every process captions a share of each split
+    metrics = evaluate_splits(run, cfg, recipe.caption, best, datasets, accelerator.device, recipe.collate,
+                              info={"best_epoch": state["best_epoch"], "epochs_done": state["epochs_done"],
+                                    "train_seconds": round(state["train_seconds"], 1),
+                                    "monitor": cfg.monitor, "processes": accelerator.num_processes})
     if accelerator.is_main_process:
-        best = recipe.load(run.dir / "best").to(accelerator.device)
-        metrics = evaluate_splits(run, cfg, recipe.caption, best, datasets, accelerator.device, recipe.collate,
-                                  info={"best_epoch": state["best_epoch"], "epochs_done": state["epochs_done"],
-                                        "train_seconds": round(state["train_seconds"], 1),
-                                        "monitor": cfg.monitor, "processes": accelerator.num_processes})
         print_metrics(method, metrics)
         write_card(run.dir)  # best/README.md: the model card, from the files just written
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): the process group stays for what the script does next
+        tracker.finish()
     return metrics

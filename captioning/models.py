@@ -112,11 +112,14 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
         return {"pixel_values": pixel_values(batch)}
 
     def xent(model, batch, state=None):
+        from .distributed import global_mean
+
         labels, mask = encode_targets(tokenizer, batch["caption"], getattr(cfg, "max_length", 32))
         device = batch["features" if "features" in batch else "pixels"].device
         out = model(**encoder_inputs(batch), labels=labels.to(device),
                     decoder_attention_mask=mask.to(device) if decoder_mask else None)
-        return out.loss
+        tokens = int(mask.sum())  # the mean over every process's caption tokens, not a mean of processes' means
+        return global_mean(out.loss * tokens, tokens)
 
     def caption(model, batch, preset):
         if "features" in batch:
@@ -158,10 +161,9 @@ def uses_feature_cache(cfg) -> bool:
 
 def vit_gpt2_datasets(cfg, model, processor, splits=("train", "valid", "test")) -> dict:
     """A ViT-GPT2 recipe's datasets: with the ViT frozen (uses_feature_cache) its outputs from the
-    feature cache (computed once, on the GPU if there is one), else pixels from the pixel cache."""
-    encoder = None
-    if uses_feature_cache(cfg):
-        encoder = model.encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+    feature cache (computed once, on this process's GPU if there is one), else pixels from the pixel cache."""
+    # the feature cache moves the encoder to this process's device only if it has to compute features
+    encoder = model.encoder if uses_feature_cache(cfg) else None
     return pixel_datasets(cfg, processor, splits, encoder=encoder)
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
+from .distributed import global_mean
 from .engine import Recipe, scoring_settings
 from .generation import decode, generation_kwargs, group_alternatives, top_k_kwargs
 from .imaging import pixel_batch, pixel_normalizer
@@ -248,8 +249,10 @@ class AnyModalCaptioner(nn.Module):
             out[i, : len(s)], mask[i, : len(s)] = torch.tensor(s, device=device), 1
         return out, mask, out.masked_fill(mask == 0, -100)
 
-    def forward(self, features: torch.Tensor, captions: list[str], prompts: list[str] | None = None):
-        """Mean cross-entropy of the captions (and their EOS) given the images."""
+    def forward(self, features: torch.Tensor, captions: list[str], prompts: list[str] | None = None,
+                mean: bool = True):
+        """Mean cross-entropy of the captions (and their EOS) given the images; mean=False gives
+        (summed cross-entropy, number of target tokens) instead."""
         embeds, mask = self.prefix(features, prompts)
         ids, cap_mask, labels = self.targets(captions, embeds.device)
         embeds = torch.cat([embeds, self.llm.get_input_embeddings()(ids)], 1)
@@ -260,7 +263,10 @@ class AnyModalCaptioner(nn.Module):
         # them (128k words for Llama 3.2, ~200 image positions) would be a fifth of the LLM's work.
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                           logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        total = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                            reduction="sum")
+        tokens = int(cap_mask.sum())
+        return total / max(1, tokens) if mean else (total, tokens)
 
     # ------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -326,7 +332,8 @@ def anymodal_recipe(model: AnyModalCaptioner, cfg, token: str | None = None) -> 
     best/ gets the manifest too, with the preset the run is scored with."""
 
     def loss(model, batch, state=None):
-        return model(batch["features"], batch["caption"])
+        total, tokens = model(batch["features"], batch["caption"], mean=False)
+        return global_mean(total, tokens)  # over every process's caption tokens
 
     def caption(model, batch, preset):
         return model.caption(batch["features"], preset, cfg.max_new_tokens)

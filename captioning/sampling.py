@@ -19,6 +19,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
 
+from .distributed import global_mean
 from .tokens import encode_targets
 
 # How a value moves from `start` to `end` over training (progress 0 -> 1):
@@ -105,5 +106,7 @@ def scheduled_sampling_loss(model, encoder_outputs, labels, mask, ratio: float, 
             own = (coin >= ratio) & (mask[:, :-1] > 0)  # inputs[:, t + 1] is real iff labels[:, t] is
             inputs = inputs.clone()
             inputs[:, 1:] = torch.where(own, predicted[:, :-1], inputs[:, 1:])
-    return model(encoder_outputs=encoder_outputs, decoder_input_ids=inputs, decoder_attention_mask=mask,
+    loss = model(encoder_outputs=encoder_outputs, decoder_input_ids=inputs, decoder_attention_mask=mask,
                  labels=labels).loss
+    tokens = int((labels != -100).sum())  # averaged over every process's caption tokens
+    return global_mean(loss * tokens, tokens)

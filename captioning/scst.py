@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
+from .distributed import global_mean
 from .generation import decode
 from .metrics import CiderD, meteor_scores
 
@@ -66,10 +68,46 @@ def sequence_logprobs(model, encoder_outputs, sequences: torch.Tensor, eos_id: i
 
 
 def scst_loss(logprob_sums: torch.Tensor, rewards, baselines) -> torch.Tensor:
-    """-mean((reward - baseline) * log p): the policy gradient with a baseline."""
+    """-mean((reward - baseline) * log p): the policy gradient with a baseline (the mean over every
+    process's samples under several processes: distributed.global_mean)."""
     adv = torch.as_tensor(np.asarray(rewards) - np.asarray(baselines), dtype=logprob_sums.dtype,
                           device=logprob_sums.device)
-    return -(adv * logprob_sums).mean()
+    return global_mean(-(adv * logprob_sums).sum(), len(logprob_sums))
+
+
+class RowSeededSampling:
+    """A logits processor for `generate` that samples (temperature, then top-p) each row from its own random
+    stream: row r's uniform draws come from a generator seeded with seeds[r]. A sampled caption then
+    depends on its image's seed only, not on which images share its batch or its process, so N
+    processes draw the samples one process would. It returns scores that allow only the drawn token,
+    which generate's own sampling then takes."""
+
+    def __init__(self, seeds, top_p: float, temperature: float, max_new_tokens: int, device):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.uniform = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(s)),
+                                               dtype=torch.float64) for s in seeds]).to(device)
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+        self.step = 0
+
+    def __call__(self, input_ids, scores):
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        cdf = torch.softmax(scores.double(), -1).cumsum(-1)
+        u = (self.uniform[:, self.step].clamp(min=1e-12) * cdf[:, -1]).unsqueeze(1)
+        picked = torch.searchsorted(cdf, u).clamp(max=scores.shape[-1] - 1)  # a token with probability > 0
+        self.step += 1
+        return torch.full_like(scores, float("-inf")).scatter_(1, picked, 0.0)
+
+
+def row_seeds(image_seeds, k: int) -> list[int]:
+    """One seed per sampled row (k rows per image, grouped by image) from each image's seed (an int or a
+    tuple of ints such as (run seed, epoch, image index))."""
+    out = []
+    for s in image_seeds:
+        entropy = [int(x) for x in (s if isinstance(s, (tuple, list)) else (s,))]
+        out.extend(int(np.random.SeedSequence([*entropy, j]).generate_state(1, np.uint64)[0] >> 1) for j in range(k))
+    return out
 
 
 def leave_one_out_mean(rewards: np.ndarray, k: int) -> np.ndarray:
@@ -103,8 +141,13 @@ class _eval_mode:
 
 
 def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int = 5, baseline: str = "greedy",
-              top_p: float = 0.9, temperature: float = 1.0, max_new_tokens: int = 24) -> SCSTOutput:
-    """The SCST loss of one batch (see the module docstring); `references[i]` lists image i's titles."""
+              top_p: float = 0.9, temperature: float = 1.0, max_new_tokens: int = 24, seeds=None) -> SCSTOutput:
+    """The SCST loss of one batch (see the module docstring); `references[i]` lists image i's titles.
+
+    `seeds[i]` seeds image i's samples (RowSeededSampling), e.g. (run seed, epoch, dataset index): the
+    samples are then the same however the batch is split over processes; None draws them from torch's RNG.
+    Sampling and the log-probabilities that carry the gradient both run with dropout off: the gradient
+    is that of the policy that drew the samples."""
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if baseline == "mean" and k < 2:
@@ -117,9 +160,13 @@ def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int =
     def frozen():  # a fresh object per call: generate expands its encoder_outputs in place
         return BaseModelOutput(last_hidden_state=hidden.detach())
 
+    if seeds is None:
+        seeds = torch.randint(0, 2 ** 62, (len(hidden),)).tolist()
+    sampler = RowSeededSampling(row_seeds(seeds, k), top_p, temperature, max_new_tokens, hidden.device)
     with torch.no_grad(), _eval_mode(net):
-        sampled = net.generate(encoder_outputs=frozen(), do_sample=True, num_beams=1, top_p=top_p, top_k=0,
-                               temperature=temperature, num_return_sequences=k, max_new_tokens=max_new_tokens)
+        sampled = net.generate(encoder_outputs=frozen(), do_sample=True, num_beams=1, top_p=1.0, top_k=0,
+                               temperature=1.0, num_return_sequences=k, max_new_tokens=max_new_tokens,
+                               logits_processor=LogitsProcessorList([sampler]))
         greedy = None
         if baseline == "greedy":
             greedy = net.generate(encoder_outputs=frozen(), do_sample=False, num_beams=1,
@@ -134,6 +181,7 @@ def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int =
         base = leave_one_out_mean(rewards, k)
     seconds = time.perf_counter() - t0
     repeated = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))  # rows grouped by image
-    logp = sequence_logprobs(model, repeated, sampled, eos)
+    with _eval_mode(net):  # the same policy that sampled: dropout off, gradients on
+        logp = sequence_logprobs(model, repeated, sampled, eos)
     return SCSTOutput(scst_loss(logp, rewards, base), float(np.mean(rewards)), float(np.mean(base)), seconds,
                       [samples[i:i + k] for i in range(0, len(samples), k)])

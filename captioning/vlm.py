@@ -95,8 +95,7 @@ def load_chat_vlm(name: str, token: str | None = None, dtype: str = "auto", trus
         raise UserError(f"{name} is a {config.model_type!r} model, not an image-text-to-text chat model of "
                         "transformers; pass one such as deepseek-community/deepseek-vl-7b-chat.")
     kwargs = {"token": token, "dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if torch.cuda.is_available() and device_map:
-        kwargs["device_map"] = device_map
+    kwargs.update(placement(device_map))
     try:
         processor = AutoProcessor.from_pretrained(name, token=token, trust_remote_code=trust_remote_code)
     except load_errors() as e:
@@ -208,18 +207,31 @@ def deepseek_vl_classes():
     return MultiModalityCausalLM, VLChatProcessor
 
 
-def load_deepseek_vl_package(name: str, token: str | None = None, dtype: str = "auto"):
-    """(model, processor) through DeepSeek's own package (it registers its classes: no remote code)."""
+def placement(device_map: str | None = "auto") -> dict:
+    """from_pretrained arguments that load the weights once, straight where they run: `device_map` on a GPU
+    ("auto": one GPU, or the layers spread over several), this process's own GPU under accelerate launch
+    (a copy per GPU), the CPU otherwise; never a full copy in CPU memory first. device_map=None (training)
+    leaves the placement to accelerate."""
     import torch
 
+    from . import distributed
+
+    kwargs = {"low_cpu_mem_usage": True}
+    if torch.cuda.is_available() and device_map:
+        kwargs["device_map"] = {"": str(distributed.device())} if distributed.launched() else device_map
+    return kwargs
+
+
+def load_deepseek_vl_package(name: str, token: str | None = None, dtype: str = "auto"):
+    """(model, processor) through DeepSeek's own package (it registers its classes: no remote code)."""
     MultiModalityCausalLM, VLChatProcessor = deepseek_vl_classes()
     check_local_or_hub(name)
     try:
         processor = VLChatProcessor.from_pretrained(name, token=token)
-        model = MultiModalityCausalLM.from_pretrained(name, token=token, torch_dtype=pick_dtype(dtype))
+        model = MultiModalityCausalLM.from_pretrained(name, token=token, torch_dtype=pick_dtype(dtype), **placement())
     except load_errors() as e:
         raise load_error(name, e) from None
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor
+    return model.eval(), processor
 
 
 def deepseek_vl_answers(model, processor, images, question: str, **generate_kwargs) -> list[str]:

@@ -4,11 +4,11 @@ Captions the valid and test splits with nlpconnect/vit-gpt2-image-captioning (or
 VisionEncoderDecoder by --model) and scores them with BLEU, METEOR, ROUGE-L and CIDEr.
 
     python task1/task1_1.py --data-dir data --output-dir runs/task1_1
+    accelerate launch task1/task1_1.py ...      # several GPUs: each captions a share of the batches
 """
 from dataclasses import dataclass
 
-import torch
-
+from captioning import distributed
 from captioning.cache import pixel_datasets
 from captioning.config import RunConfig, hf_token, parse_config, run_main
 from captioning.engine import Run, evaluate_splits, print_metrics
@@ -25,13 +25,16 @@ class Config(RunConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
-    run = Run(cfg, "task1_1 (direct evaluation)")
+    processes = distributed.state(cfg)
+    run = Run(cfg, "task1_1 (direct evaluation)", is_main=processes.is_main_process)
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     datasets = pixel_datasets(cfg, processor, ("valid", "test"))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = processes.device
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
-    metrics = evaluate_splits(run, cfg, recipe.caption, model.to(device), datasets, device)
-    print_metrics(run.method, metrics)
+    metrics = evaluate_splits(run, cfg, recipe.caption, model.to(device), datasets, device,
+                              info={"processes": processes.num_processes})
+    if processes.is_main_process:
+        print_metrics(run.method, metrics)
     return metrics
 
 

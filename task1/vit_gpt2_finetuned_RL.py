@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
+from captioning.distributed import gather, is_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 from captioning.sampling import gold_targets, ramp, teacher_forcing_loss
@@ -79,8 +80,9 @@ def main(argv=None):
     def loss(model, batch, state):
         alpha = ramp(state.progress, cfg.alpha_schedule, cfg.alpha_start, cfg.alpha_end)
         enc = recipe.encoded(model, batch)  # shared by sampling, baseline, XE and gradient
+        seeds = [(cfg.seed, state.epoch, i) for i in batch["index"]]  # an image's samples: whichever process
         out = scst_step(model, enc, batch["references"], tokenizer, reward, cfg.samples, cfg.baseline,
-                        cfg.top_p, cfg.temperature, cfg.max_new_tokens)
+                        cfg.top_p, cfg.temperature, cfg.max_new_tokens, seeds)
         s = seen.setdefault(state.epoch + 1, [0, 0.0, 0.0])
         s[0], s[1], s[2] = s[0] + 1, s[1] + out.reward, s[2] + out.baseline
         if alpha >= 1:
@@ -91,8 +93,11 @@ def main(argv=None):
     recipe.loss = loss
     method = f"vit_gpt2_finetuned_RL (SCST {cfg.reward}, {cfg.baseline} baseline, after XE)"
     metrics = train_and_evaluate(cfg, recipe, datasets, method)
-    for epoch, (n, r, b) in seen.items():
-        print(f"epoch {epoch}: mean sampled {cfg.reward} reward {r / n:.3f}, mean baseline {b / n:.3f}")
+    seen = gather(sorted(seen.items()))  # every process's steps: the summary covers the whole split
+    if is_main():
+        for epoch in sorted({e for e, _ in seen}):
+            n, r, b = (sum(s[i] for e, s in seen if e == epoch) for i in range(3))
+            print(f"epoch {epoch}: mean sampled {cfg.reward} reward {r / n:.3f}, mean baseline {b / n:.3f}")
     return metrics
 
 

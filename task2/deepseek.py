@@ -12,12 +12,14 @@ take the same path. Nothing is trained.
     python task2/deepseek.py --data-dir data --adapter runs/vlm_lora        # a LoRA adapter of task2/vlm_lora.py
     HF_TOKEN=... python task2/deepseek.py --data-dir data --model meta-llama/Llama-3.2-11B-Vision-Instruct
     python task2/deepseek.py --data-dir data --backend deepseek_vl   # DeepSeek's original package
+    accelerate launch task2/deepseek.py ...     # several GPUs: a model copy on each, a share of the batches each
 """
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioning import distributed
 from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main
 from captioning.data import split_records
 from captioning.engine import Run, atomic_write_text, evaluate_splits, print_metrics
@@ -93,14 +95,13 @@ def question(cfg) -> str:
 def retrieved_questions(cfg, datasets) -> dict:
     """Image name -> the retrieved prompt listing the titles of its `shots` nearest training photos (the
     photo itself never among them; validation and test titles never read)."""
-    import torch
 
     from captioning.cache import encoder_fingerprint, feature_datasets
     from captioning.prefix_llm import load_vision
     from captioning.retrieval import embed, neighbours
 
     encoder, processor = load_vision(cfg.retrieval_encoder, hf_token(cfg.hf_token))
-    encoder = encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+    # the feature cache runs the encoder on this process's device, once per machine
     feats = feature_datasets(cfg, processor, encoder, ("train", "valid", "test"), encoder_key=encoder_fingerprint(encoder))
     train = feats["train"]
     bank, names = embed(train.arrays), [r.image_name for r in train.records]
@@ -124,7 +125,9 @@ def main(argv=None):
     if original and (cfg.prompt == "retrieved" or cfg.adapter):
         raise UserError("--prompt retrieved and --adapter need --backend transformers.")
     what = f"LoRA adapter {Path(cfg.adapter).name}" if cfg.adapter else ("own question" if cfg.question else cfg.prompt)
-    run = Run(cfg, f"{'vlm_lora' if cfg.adapter else 'zero-shot'} {Path(cfg.model).name} ({what})")
+    processes = distributed.state(cfg)
+    run = Run(cfg, f"{'vlm_lora' if cfg.adapter else 'zero-shot'} {Path(cfg.model).name} ({what})",
+              is_main=processes.is_main_process)
     datasets = image_datasets(cfg, ("valid", "test"))
     per_image = retrieved_questions(cfg, datasets) if cfg.prompt == "retrieved" and not cfg.question else {}
     ask = question(cfg) if not per_image else PROMPTS["retrieved"]
@@ -137,23 +140,27 @@ def main(argv=None):
     else:
         model, processor = load_chat_vlm(cfg.model, hf_token(cfg.hf_token), cfg.dtype, cfg.trust_remote_code)
         answer = chat_answers
-    print(f"{cfg.model}: {type(model).__name__}, {model.dtype}, asking: {ask!r}")
-    raw = []
+    if processes.is_main_process:
+        print(f"{cfg.model}: {type(model).__name__}, {model.dtype}, asking: {ask!r}")
+    raw = {}  # image name -> raw answer, of the images this process captioned
 
     def caption(model, batch, preset):
         kwargs = generation_kwargs(preset, cfg.max_new_tokens)
         questions = [per_image[n] for n in batch["image_name"]] if per_image else ask
         answers = answer(model, processor, batch["image"], questions, **kwargs)
-        raw.extend(answers)
+        raw.update(zip(batch["image_name"], answers))
         return [clean_title(a) for a in answers]
 
     metrics = evaluate_splits(run, cfg, caption, model, datasets, model.device,
-                              info={"model": cfg.model, "model_class": type(model).__name__, "question": ask})
-    names = [(s, r.image_name) for s in ("valid", "test") for r in datasets[s].records]
-    atomic_write_text(run.dir / "answers.jsonl", "".join(  # the raw answers, to check the cleaner
-        json.dumps({"split": s, "Image_Name": n, "answer": a, "title": clean_title(a)}) + "\n"
-        for (s, n), a in zip(names, raw)))
-    print_metrics(run.method, metrics)
+                              info={"model": cfg.model, "model_class": type(model).__name__, "question": ask,
+                                    "processes": processes.num_processes})
+    raw = {k: v for part in distributed.gather([raw]) for k, v in part.items()}
+    if processes.is_main_process:
+        names = [(s, r.image_name) for s in ("valid", "test") for r in datasets[s].records]
+        atomic_write_text(run.dir / "answers.jsonl", "".join(  # the raw answers, to check the cleaner
+            json.dumps({"split": s, "Image_Name": n, "answer": raw[n], "title": clean_title(raw[n])}) + "\n"
+            for s, n in names))
+        print_metrics(run.method, metrics)
     return metrics
 
 

@@ -8,6 +8,7 @@ says what was captioned (nothing is scored without references).
 
     python task2/inferllama.py --run runs/llama_lora --data-dir data --output-dir runs/inferllama
     python task2/inferllama.py --run runs/llama_lora --photos my_photos/ --output-dir runs/my_photos
+    accelerate launch task2/inferllama.py ...      # several GPUs: each captions a share of the batches
 """
 import json
 import sys
@@ -18,9 +19,8 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # so `python task2/inferllama.py` and demo.load_script both find the modules
     sys.path.insert(0, _HERE)
 
-import torch  # noqa: E402
-
 from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
+from captioning import distributed  # noqa: E402
 from captioning.cache import feature_cache, feature_datasets  # noqa: E402
 from captioning.config import RunConfig, UserError, choice, hf_token, parse_config, run_main  # noqa: E402
 from captioning.data import CaptionDataset, folder_records  # noqa: E402
@@ -49,14 +49,19 @@ class Config(RunConfig):
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
     token = hf_token(cfg.hf_token)
+    processes = distributed.state(cfg)
     if not Path(cfg.run).is_dir():
         raise UserError(f"run folder {cfg.run} does not exist; pass --run with a folder written by "
                         "task2/train.py.")
     model = AnyModalCaptioner.load(cfg.run, token, cfg.model or None)
     encoder, processor, fingerprint = matching_encoder(model, cfg.vision_model or None, token)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder, model = encoder.to(device), model.to(device)
-    run = Run(cfg, f"inferllama ({Path(cfg.run).name}, {cfg.preset})")
+    trained = int(model.settings.get("max_length", 0))
+    if cfg.max_new_tokens < trained and processes.is_main_process:
+        print(f"note: --max-new-tokens {cfg.max_new_tokens} is below the {trained} tokens {cfg.run} trained on: "
+              "longer captions are cut", file=sys.stderr)
+    device = processes.device  # the encoder moves there only if the feature cache has to compute something
+    model = model.to(device)
+    run = Run(cfg, f"inferllama ({Path(cfg.run).name}, {cfg.preset})", is_main=processes.is_main_process)
     caption = anymodal_recipe(model, cfg, token).caption
     metrics = {}
     if cfg.photos:
@@ -66,7 +71,7 @@ def main(argv=None):
         dataset = CaptionDataset(kept, arr, key="features")
         predictions = generate_split(caption, model, dataset, cfg, cfg.preset, device, "captioning")
         run.write_predictions(kept, predictions)
-        for record, text in list(zip(kept, predictions))[:10]:
+        for record, text in list(zip(kept, predictions))[:10] if processes.is_main_process else []:
             print(f"{record.image_name}: {text}")
         # the run's last file: a second run into this folder then knows it is finished
         info = {"method": run.method, "preset": cfg.preset, "photos": cfg.photos, "images": len(kept),
@@ -75,15 +80,19 @@ def main(argv=None):
     else:
         splits = ("valid", "test") if cfg.split == "both" else (cfg.split,)
         datasets = feature_datasets(cfg, processor, encoder, splits, encoder_key=fingerprint)
-        metrics = evaluate_splits(run, cfg, caption, model, datasets, device)
-        eos = {"captions": model.stats["captions"],
-               "ended_with_eos": model.stats["ended_with_eos"] / max(1, model.stats["captions"])}
-        saved = json.loads((run.dir / "metrics.json").read_text())  # keeps evaluate_splits' caption spread
-        saved["info"].update(trained_run=str(Path(cfg.run).resolve()), **eos)
-        run.write_json("metrics.json", saved)
-        print_metrics(run.method, metrics)
-    print(f"{model.stats['ended_with_eos']} of {model.stats['captions']} captions ended with EOS "
-          f"(the rest reached --max-new-tokens {cfg.max_new_tokens}); written to {run.dir}")
+        metrics = evaluate_splits(run, cfg, caption, model, datasets, device,
+                                  info={"processes": processes.num_processes})
+    stats = distributed.sum_counts(model.stats)  # every process's captions
+    if processes.is_main_process:
+        if not cfg.photos:
+            eos = {"captions": stats.get("captions", 0),
+                   "ended_with_eos": stats.get("ended_with_eos", 0) / max(1, stats.get("captions", 0))}
+            saved = json.loads((run.dir / "metrics.json").read_text())  # keeps evaluate_splits' caption spread
+            saved["info"].update(trained_run=str(Path(cfg.run).resolve()), **eos)
+            run.write_json("metrics.json", saved)
+            print_metrics(run.method, metrics)
+        print(f"{stats.get('ended_with_eos', 0)} of {stats.get('captions', 0)} captions ended with EOS "
+              f"(the rest reached --max-new-tokens {cfg.max_new_tokens}); written to {run.dir}")
     return metrics
 
 

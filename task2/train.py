@@ -17,8 +17,6 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # so `python task2/train.py` and demo.load_script both find the modules
     sys.path.insert(0, _HERE)
 
-import torch  # noqa: E402
-
 from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
 from captioning.cache import encoder_fingerprint, feature_datasets  # noqa: E402
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main  # noqa: E402
@@ -64,10 +62,10 @@ class Config(TrainConfig):
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
     token = hf_token(cfg.hf_token)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder, processor = load_vision(cfg.vision_model, token)
     fingerprint = encoder_fingerprint(encoder)
-    datasets = feature_datasets(cfg, processor, encoder.to(device), encoder_key=fingerprint)
+    # computed once, by one process per machine, on its own device (the others read the file it commits)
+    datasets = feature_datasets(cfg, processor, encoder, encoder_key=fingerprint)
     llm, tokenizer = get_llm(cfg.model, token, cfg.llm_dtype)
     lora = pick_lora(llm, cfg.lora)
     llm = add_peft(llm, lora)
