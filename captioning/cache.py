@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from collections import Counter, deque
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _decoded(jobs, workers: int, ahead: int = 256):
     chunk = 16
     chunks = iter([jobs[i:i + chunk] for i in range(0, len(jobs), chunk)])
     with get_context("fork").Pool(workers) as pool:
-        pending = deque(pool.apply_async(_decode_chunk, (c,)) for c, _ in zip(chunks, range(max(1, ahead // chunk))))
+        pending = deque(pool.apply_async(_decode_chunk, (c,)) for c in islice(chunks, max(1, ahead // chunk)))
         while pending:
             results = pending.popleft().get()
             nxt = next(chunks, None)
