@@ -193,7 +193,7 @@ def test_pixel_cache_follows_a_resize_then_crop_processor(tmp_path):
     cache (normalised on the device) must give the processor's own pixel_values, not a squashed square."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from captioning.models import pixel_normalizer, processor_size
+    from captioning.imaging import pixel_normalizer, processor_size
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     rng = np.random.default_rng(0)
