@@ -17,6 +17,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # so `python task2/train.py` and demo.load_script both find the modules
     sys.path.insert(0, _HERE)
 
+from accelerate.utils import set_seed  # noqa: E402
 from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
 from captioning.cache import encoder_fingerprint, feature_datasets  # noqa: E402
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main  # noqa: E402
@@ -61,6 +62,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    set_seed(cfg.seed)  # the projector's and the adapter's initial weights: the same seed, the same run
     token = hf_token(cfg.hf_token)
     encoder, processor = load_vision(cfg.vision_model, token)
     fingerprint = encoder_fingerprint(encoder)

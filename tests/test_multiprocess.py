@@ -1,10 +1,12 @@
-"""Training under `accelerate launch` with 2 CPU processes (gloo) matches one process at the same global batch.
+"""Every script under `accelerate launch` with 2 CPU processes (gloo) gives what one process gives.
 
 --batch-size is the global batch (split_batches): each process takes half of every batch and DDP
-averages the gradients, so the two runs see the same data in the same order and take the same steps.
-The tiny model's dropout is switched off for this test (two processes draw different dropout masks
-than one), and the synthetic titles all have the same number of tokens, so the mean of the two
-halves' token-mean losses is the whole batch's token-mean loss.
+averages the gradients, so the two runs see the same data in the same order and take the same steps;
+a loss averages over both processes' caption tokens (distributed.global_mean), and SCST's samples
+are seeded per image. Validation and test are split into contiguous shares of whole batches and
+gathered in order. The tiny models' dropout is switched off for this test (two processes draw
+different dropout masks than one). All jobs of one side run in one process (pair):
+tests/multiprocess_driver.py, so the imports are paid once.
 """
 import json
 import shutil
@@ -61,28 +63,91 @@ def read_log(out):
     return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
 
 
+def plan(models: dict, synth: Path, out: Path, cache: Path, trained_task2: Path) -> list[dict]:
+    """The jobs both runs make: three trainers (loss averaged over every process's tokens or samples)
+    and three captioners (each process a share of the batches), on tiny data, dropout off."""
+    common = ["--data-dir", synth, "--cache-dir", cache, "--workers", "0", "--preset", "greedy",
+              "--max-new-tokens", "8", "--batch-size", "8", "--seed", "5"]
+    train = ["--mixed-precision", "no", "--patience", "0", "--limit", "24"]
+    vg = models["vit-gpt2"]
+    jobs = {
+        "full": (FT, ["--model", vg, "--epochs", "2", "--eval-every", "2", "--lr", "2e-3", *train]),
+        "frozen": (FT, ["--model", vg, "--freeze", "vit", "--epochs", "2", "--eval-every", "2", "--lr", "2e-3",
+                        *train]),
+        "scst": ("task1/vit_gpt2_finetuned_RL.py", ["--model", vg, "--epochs", "1", "--samples", "2", "--lr", "1e-3",
+                                                    *train]),
+        "task2": ("task2/train.py", ["--model", models["llama"], "--vision-model", models["vit"], "--pool", "mean",
+                                     "--epochs", "1", "--lr", "3e-3", *train]),
+        "task1_1": ("task1/task1_1.py", ["--model", vg, "--limit", "24"]),
+        "inferllama": ("task2/inferllama.py", ["--run", trained_task2, "--split", "both", "--limit", "24"]),
+        "deepseek": ("task2/deepseek.py", ["--model", models["deepseek-vl"], "--limit", "24"]),
+    }
+    return [{"name": name, "script": script, "args": [str(a) for a in [*args, *common, "--output-dir", out / name]]}
+            for name, (script, args) in jobs.items()]
+
+
+def cache_work(text: str) -> dict:
+    """Images decoded or encoded into a cache, per split name, as the runs log them."""
+    import re
+
+    counts = {}
+    for split, n, kind in re.findall(r"(\w+): (?:decoded|encoded) (\d+) images into the (pixel|feature) cache", text):
+        counts[(kind, split)] = counts.get((kind, split), 0) + int(n)
+    return counts
+
+
 def test_two_processes_match_one(no_dropout_model, synth, tmp_path):
+    """Every script as right with 2 processes as with 1: the same predictions.csv and metrics for the
+    captioners, each process captioning about half of a split; the same per-epoch losses for the
+    trainers (the loss of a step is the mean over both processes' tokens); every cache built once (the
+    same images encoded, counted from the logs, and the same cache files as one process leaves); one
+    run folder written once; SCST's reward summary printed once."""
+    models = {name: synth / "models" / name for name in ("llama", "vit", "deepseek-vl")}
+    models["vit-gpt2"] = no_dropout_model
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run_cli(*args(no_dropout_model, synth, one))
+    for side in (one, two):
+        side.mkdir()
+        jobs = plan(models, synth, side / "runs", side / "cache", one / "runs" / "task2")
+        (side / "plan.json").write_text(json.dumps(jobs))
+    single = run_cli("tests/multiprocess_driver.py", one / "plan.json", one, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    multi = launch(*args(no_dropout_model, synth, two))
+    multi = launch("tests/multiprocess_driver.py", two / "plan.json", two, timeout=600)
     assert multi.returncode == 0, (multi.stdout[-2000:], multi.stderr[-3000:])
     assert "Traceback" not in multi.stderr
 
-    # one run folder, written once: one config, one log line per epoch, one metrics.json
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    log1, log2 = read_log(one), read_log(two)
-    assert [r["epoch"] for r in log2] == list(range(1, EPOCHS + 1))
-    metrics = json.loads((two / "metrics.json").read_text())
-    assert metrics["info"]["processes"] == 2
-    assert json.loads((one / "metrics.json").read_text())["info"]["processes"] == 1
-    assert set(metrics) >= {"valid", "test"}
-    # the same steps: the same per-epoch loss, to float rounding (the halves' sums add up in another order)
-    for a, b in zip(log1, log2):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (log1, log2)
-    assert log2[-1]["train_loss"] < log2[0]["train_loss"]  # and it trained
-    # the final evaluation ran once, in the main process only
-    assert multi.stdout.count("(test) |") == 1, multi.stdout[-2000:]
+    ranks = [json.loads((two / f"shares-rank{r}.json").read_text()) for r in (0, 1)]
+    assert json.loads((one / "shares-rank0.json").read_text())["codes"] == ranks[0]["codes"] == ranks[1]["codes"]
+    assert set(ranks[0]["codes"].values()) == {0}, ranks[0]["codes"]
+    for name in ("full", "frozen", "scst", "task2", "task1_1", "inferllama", "deepseek"):
+        a, b = one / "runs" / name, two / "runs" / name
+        # one run folder, written once
+        assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir()), name
+        ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+        assert mb["info"]["processes"] == 2 and ma["info"]["processes"] == 1, name
+        # each process captions about half: a contiguous share of whole batches
+        total = json.loads((one / "shares-rank0.json").read_text())["shares"][name]
+        halves = [r["shares"].get(name, 0) for r in ranks]
+        assert sum(halves) == total and min(halves) >= total / 3, (name, halves)
+        if name in ("task1_1", "inferllama", "deepseek"):
+            for f in ("predictions.csv", "predictions_valid.csv"):
+                assert (b / f).read_text() == (a / f).read_text(), (name, f)
+            assert {k: ma[k] for k in ("valid", "test")} == {k: mb[k] for k in ("valid", "test")}, name
+        else:
+            la, lb = read_log(a), read_log(b)
+            assert [r["epoch"] for r in lb] == [r["epoch"] for r in la], name
+            for x, y in zip(la, lb):
+                assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4), (name, la, lb)
+    assert read_log(two / "runs" / "full")[-1]["train_loss"] < read_log(two / "runs" / "full")[0]["train_loss"]
+    # the answers file holds every image's raw answer, in split order
+    answers = [json.loads(x) for x in (two / "runs" / "deepseek" / "answers.jsonl").read_text().splitlines()]
+    assert answers == [json.loads(x) for x in (one / "runs" / "deepseek" / "answers.jsonl").read_text().splitlines()]
+    # every cache built by one process: the same images decoded/encoded as one process, the same files
+    work = cache_work(multi.stderr + multi.stdout)
+    assert work and work == cache_work(single.stderr + single.stdout), (work, cache_work(single.stderr))
+    assert sorted(p.name for p in (two / "cache").glob("*-*")) == sorted(p.name for p in (one / "cache").glob("*-*"))
+    # the final evaluation and SCST's reward summary are printed once
+    assert multi.stdout.count("(test) |") == single.stdout.count("(test) |") == 7, multi.stdout[-3000:]
+    assert multi.stdout.count("mean sampled cider reward") == 1, multi.stdout[-3000:]
 
 
 def test_batch_not_divisible_by_processes_is_a_clean_error(synth, tmp_path):
