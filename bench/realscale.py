@@ -198,8 +198,9 @@ def build_deepseek(out: Path, quick: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_case(name: str, work: Path, quick: bool) -> dict:
-    """In a fresh process: the recipe's main() on the built model; what it shows."""
+def run_case(name: str, work: Path, quick: bool, gpu: bool = False) -> dict:
+    """In a fresh process: the recipe's main() on the built model; what it shows. gpu=True: the recipe's
+    default batch and precision (4 steps), for bench/gpu.sh's measured figures."""
     script, kind, extra = CASES[name]
     data, models = work / "data", work / "models"
     out = work / "runs" / name
@@ -208,11 +209,16 @@ def run_case(name: str, work: Path, quick: bool) -> dict:
     if script.startswith("task1/vit_gpt2_finetuned"):
         args = ["--model", models / kind, "--epochs", "1", "--batch-size", "2", "--patience", "0", "--limit",
                 str(IMAGES)]
-    elif script == "task2/train.py":
+    elif script == "task2/train.py":  # one step at batch 2: a step of the 3B model takes a minute on 2 cores
         args = ["--model", models / kind, "--vision-model", models / "vit", "--epochs", "1", "--batch-size", "2",
-                "--patience", "0", "--limit", str(IMAGES), "--pool", "none", "--lr", "1e-4"]
+                "--patience", "0", "--limit", "2", "--pool", "none", "--lr", "1e-4"]
     else:
         args = ["--model", models / kind, "--batch-size", "2", "--limit", "2"]
+    if gpu:  # the default batch, 4 steps, the default precision (fp32 weights, bf16 autocast)
+        batch = DEFAULT_BATCH[name]
+        args[args.index("--batch-size") + 1] = str(batch)
+        args[args.index("--limit") + 1] = str(4 * batch)
+        extra = [x for x in extra if x not in ("--llm-dtype", "bfloat16", "--dtype")]
     argv = [str(a) for a in [*args, *extra, *common]]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", script, *argv]
     t0 = time.perf_counter()
@@ -232,18 +238,56 @@ def case_main(script: str, argv: list[str]) -> None:
 
     from captioning.config import run_main
 
-    seen = {}
+    import threading
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seen = {"rss_start_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
     from captioning import engine
 
     real_fit, real_save_best = engine.fit, engine.save_best
+    page = os.sysconf("SC_PAGE_SIZE")
 
-    def fit(run, cfg, recipe, datasets, accelerator):  # what trains, and the time of the training pass
-        model = recipe.model
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    def fit(run, cfg, recipe, datasets, accelerator):  # what trains, its memory, FLOPs and time
+        model, loss = recipe.model, recipe.loss
         seen["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         seen["total"] = sum(p.numel() for p in model.parameters())
-        seen["train_images"] = len(datasets["train"])
-        state = real_fit(run, cfg, recipe, datasets, accelerator)
+        seen["train_images"], seen["batch"] = len(datasets["train"]), cfg.batch_size
+
+        def counted(m, batch, state):  # the forward FLOPs of the first batch, per image
+            if "forward_gflop_per_image" in seen:
+                return loss(m, batch, state)
+            with FlopCounterMode(display=False) as counter:
+                out = loss(m, batch, state)
+            seen["forward_gflop_per_image"] = counter.get_total_flops() / len(batch["caption"]) / 1e9
+            return out
+
+        recipe.loss = counted
+        start, peak, done = rss(), [0], threading.Event()
+
+        def watch():
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], rss())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            state = real_fit(run, cfg, recipe, datasets, accelerator)
+        finally:
+            done.set()
+            watcher.join()
+        seen["rss_at_fit_start_gib"] = round(start / 2 ** 30, 3)
+        seen["rss_peak_in_fit_gib"] = round(max(peak[0], rss()) / 2 ** 30, 3)
+        if torch.cuda.is_available():
+            seen["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         seen["train_seconds"] = round(state["train_seconds"], 1)
+        seen["steps"] = state["step"]
         return state
 
     def save_best(run, recipe, model):
@@ -287,6 +331,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated cases (default: all)")
     p.add_argument("--list", action="store_true")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="on a CUDA GPU: default batches, measured memory and step time")
     a = p.parse_args(argv)
     if a.list:
         print("\n".join(CASES))
@@ -300,7 +345,7 @@ def main(argv=None):
     results, t_all = [], time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.environ.get("REALSCALE_TMP")) as d:
         work = Path(d)
-        synthetic.make_dataset(work / "data", n=IMAGES * 2, seed=4, dirty=False)
+        synthetic.make_dataset(work / "data", n=200 if a.gpu else IMAGES * 2, seed=4, dirty=False)
         built = {}
         for name in names:
             kind = CASES[name][1]
@@ -311,7 +356,7 @@ def main(argv=None):
                     built[k] = {**build(k, work / "models" / k, a.quick), "build_seconds": 0.0}
                     built[k]["build_seconds"] = round(time.perf_counter() - t, 1)
                     print(f"built {k}: {built[k]}", flush=True)
-            r = run_case(name, work, a.quick)
+            r = run_case(name, work, a.quick, a.gpu)
             r["model"] = built[kind]
             results.append(r)
             print(json.dumps(r), flush=True)
@@ -329,6 +374,35 @@ def main(argv=None):
     print(f"total {total / 60:.1f} minutes; written to {out}")
 
 
+KAGGLE_TRAIN = 10_800  # images in the Kaggle training split (80% of 13,500), as bench/gpu.sh
+DEFAULT_BATCH = {"vit-gpt2": 32, "vit-gpt2-frozen": 32, "vit-gpt2-scst": 32, "llama-1b": 16, "llama-3b": 16,
+                 "deepseek-vl-1.3b": 8}
+GPU_BF16_FLOPS, UTILISATION = 312e12, 0.4  # an A100's dense bf16 rate, and the share a training step reaches
+
+
+def hardware(r: dict) -> dict:
+    """A recipe's figures at real size on a GPU in bf16 at its default batch, derived from the CPU run:
+    parameters trained (counted); memory = weights (fp32, 4 B per parameter; deepseek bf16, 2 B) +
+    gradients (4 B per trained parameter) + AdamW state (8 B) + autocast's bf16 copies of trained
+    weights (2 B) + activations (the CPU run's growth of RSS during training, less gradients and AdamW
+    state, per image, times the default batch, halved for bf16); epoch time = forward FLOPs per image
+    counted on the CPU x 3 (forward + backward) x 10,800 images / (312 TFLOP/s x 40%)."""
+    gib = 2 ** 30
+    batch = DEFAULT_BATCH[r["case"]]
+    if "trainable" not in r:  # zero-shot: bf16 weights + what the CPU run added per image
+        weights = 2 * r["model"]["parameters"]
+        act = max(0.0, r["peak_rss_gib"] * gib - r["rss_start_gib"] * gib - weights) / 2 * batch
+        return {"trained": 0, "memory_gib": (weights + act) / gib, "epoch_min": None, "batch": batch}
+    trained, total = r["trainable"], r["total"]
+    state = 4 * trained + 8 * trained
+    grew = max(0.0, (r["rss_peak_in_fit_gib"] - r["rss_at_fit_start_gib"]) * gib - state)
+    samples = 5 / 2 if r["case"].endswith("scst") else 1  # SCST: 5 samples per image by default, 2 here
+    act = grew / r["batch"] * batch * samples / 2
+    memory = 4 * total + state + 2 * trained + act
+    epoch = r.get("forward_gflop_per_image", 0) * 1e9 * 3 * KAGGLE_TRAIN / (GPU_BF16_FLOPS * UTILISATION) / 60
+    return {"trained": trained, "memory_gib": memory / gib, "epoch_min": epoch, "batch": batch}
+
+
 def table(results) -> str:
     rows = ["| case | parameters | trained | train images | training pass | peak RSS | checks |",
             "|---|---:|---:|---:|---:|---:|---|"]
@@ -340,6 +414,21 @@ def table(results) -> str:
         rows.append(f"| {r['case']} | {r['model']['parameters'] / 1e6:,.0f}M | {r.get('trainable', 0) / 1e6:,.2f}M | "
                     f"{r.get('train_images', '-')} | {r.get('train_seconds', '-')} s | {r['peak_rss_gib']:.1f} GiB | "
                     f"{checks} |")
+    rows += ["", "Derived for a GPU in bf16 at the default batch (see hardware()):", "",
+             "| case | batch | parameters trained | peak memory | epoch of 10,800 images |", "|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r["ok"]:
+            h = hardware(r)
+            epoch = f"{h['epoch_min']:.1f} min" if h["epoch_min"] else "-"
+            rows.append(f"| {r['case']} | {h['batch']} | {h['trained'] / 1e6:,.2f}M | {h['memory_gib']:.1f} GiB | {epoch} |")
+    measured = [r for r in results if r["ok"] and "gpu_peak_gib" in r]
+    if measured:
+        rows += ["", "Measured on this GPU at the default batch:", "",
+                 "| case | batch | peak GPU memory | step | epoch of 10,800 images |", "|---|---:|---:|---:|---:|"]
+        for r in measured:
+            step = r["train_seconds"] / max(1, r["steps"])
+            rows.append(f"| {r['case']} | {r['batch']} | {r['gpu_peak_gib']:.1f} GiB | {step:.2f} s | "
+                        f"{step * -(-KAGGLE_TRAIN // r['batch']) / 60:.1f} min |")
     return "\n".join(rows)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
+from .distributed import global_mean
 from .generation import decode, generation_kwargs
 from .imaging import pixel_batch, pixel_normalizer
 from .loading import check_local_or_hub, load_error, load_errors
@@ -116,8 +117,10 @@ def blip_recipe(model, processor, cfg, base: str, cached: bool = False):
     def loss(m, batch, state=None):
         feats = image_embeds(m, batch)
         ids, mask, labels = (t.to(feats.device) for t in blip_targets(tok, batch["caption"], dec_id, cfg.max_length))
-        return unwrap(m).text_decoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=feats, labels=labels,
+        mean = unwrap(m).text_decoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=feats, labels=labels,
                                       reduction="mean").loss
+        tokens = int((labels[:, 1:] != -100).sum())  # the decoder predicts every label after the first
+        return global_mean(mean * tokens, tokens)  # over every process's caption tokens
 
     def caption(m, batch, preset):
         return generate_titles(m, tok, image_embeds(m, batch), preset, cfg.max_new_tokens)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from .config import UserError
+from .distributed import global_mean
 from .data import ImageError, load_image, log, split_records
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .loading import load_errors
@@ -315,7 +316,8 @@ class ChatLoRA:
         device = base_model(model).device
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
                     **self.vision_inputs(model, batch))
-        return out.loss
+        tokens = int((labels[:, 1:] != -100).sum())  # the causal LM predicts every label after the first
+        return global_mean(out.loss * tokens, tokens)  # over every process's answer tokens
 
     @torch.no_grad()
     def caption(self, model, batch, preset: str = "greedy") -> list[str]:

@@ -72,8 +72,7 @@ def plan(models: dict, synth: Path, out: Path, cache: Path, trained_task2: Path)
     vg = models["vit-gpt2"]
     jobs = {
         "full": (FT, ["--model", vg, "--epochs", "2", "--eval-every", "2", "--lr", "2e-3", *train]),
-        "frozen": (FT, ["--model", vg, "--freeze", "vit", "--epochs", "2", "--eval-every", "2", "--lr", "2e-3",
-                        *train]),
+        "frozen": (FT, ["--model", vg, "--freeze", "vit", "--epochs", "1", "--lr", "2e-3", *train]),
         "scst": ("task1/vit_gpt2_finetuned_RL.py", ["--model", vg, "--epochs", "1", "--samples", "2", "--lr", "1e-3",
                                                     *train]),
         "task2": ("task2/train.py", ["--model", models["llama"], "--vision-model", models["vit"], "--pool", "mean",

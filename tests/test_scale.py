@@ -5,7 +5,6 @@ import sys
 import time
 import tracemalloc
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +16,12 @@ from captioning.config import TrainConfig, UserError, parse_config
 from captioning.data import Record, load_split
 from test_reliability import FT, call, entry
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAINERS = ("task1/vit_gpt2_finetuned.py", "task1/vit_gpt2_attention.py", "task1/vit_gpt2_teacherF.py",
-            "task1/vit_gpt2_finetuned_nuclear.py", "task1/vit_gpt2_finetuned_RL.py", "task2/train.py")
+            "task1/vit_gpt2_finetuned_nuclear.py", "task1/vit_gpt2_finetuned_RL.py", "task1/blip.py", "task2/train.py",
+            "task2/vlm_lora.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models gain nothing from a second thread
 
 
 def tiny_vit_gpt2(synth):
@@ -54,7 +48,7 @@ def test_loss_runs_in_autocast_and_best_loads_after_the_training_copy_is_freed(s
 
     model, processor, tokenizer = tiny_vit_gpt2(synth)
     cfg = TrainConfig(model=str(synth / "models" / "vit-gpt2"), data_dir=str(synth), output_dir=str(tmp_path / "r"),
-                      epochs=1, batch_size=8, limit=8, workers=0, preset="greedy", max_new_tokens=4,
+                      epochs=1, batch_size=4, limit=4, workers=0, preset="greedy", max_new_tokens=2,
                       mixed_precision="bf16", patience=0)
     datasets = pixel_datasets(cfg, processor)
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg)
@@ -254,9 +248,9 @@ def test_deepseek_vl_package_loads_without_a_second_copy_in_memory(monkeypatch, 
 def test_resume_is_exact_with_dataloader_workers(synth, tmp_path, capsys, monkeypatch):
     """Finding 12: with DataLoader workers (every real run), a run stopped after its first checkpoint and
     resumed logs the same epoch losses as an uninterrupted one."""
-    args = ["--model", synth / "models" / "vit-gpt2", "--data-dir", synth, "--epochs", "3", "--batch-size", "8",
-            "--lr", "2e-3", "--workers", "2", "--preset", "greedy", "--max-new-tokens", "4", "--patience", "0",
-            "--eval-every", "3", "--limit", "40", "--seed", "3"]
+    args = ["--model", synth / "models" / "vit-gpt2", "--data-dir", synth, "--epochs", "2", "--batch-size", "8",
+            "--lr", "2e-3", "--workers", "2", "--preset", "greedy", "--max-new-tokens", "2", "--patience", "0",
+            "--eval-every", "2", "--limit", "40", "--seed", "3"]
     code, _, err = call(capsys, FT, *args, "--output-dir", tmp_path / "a")
     assert code == 0, err[-3000:]
     real_save = engine._save_checkpoint
