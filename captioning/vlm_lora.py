@@ -11,8 +11,8 @@ the full conversation's text (the title, then whatever the template closes the a
 tokenized on its own and cut after its first end-of-turn token (the tokenizer's EOS or one of the
 generation config's). Labels are -100 on every system, user, image and padding position: the loss
 covers the title and its end-of-turn token only (and any whitespace the template puts between the end
-of the generation prompt and the title, which generation must write too). Only the title is ever cut (to --max-length tokens),
-never the prompt, so image tokens are never lost to a length limit.
+of the generation prompt and the title, which generation must write too). Only the title is ever cut
+(to --max-length tokens), never the prompt, so image tokens are never lost to a length limit.
 
 Vision cache.  LoRA adapts only the language model's linear layers (LORA_PATTERN); the vision towers
 and the projector stay frozen, so what they make of an image never changes. It is computed once per
@@ -281,6 +281,12 @@ def _skipped(split, failed) -> None:
 
 
 # ----------------------------------------------------------------------------------- the model
+def free_tokens(model) -> None:
+    """Let generation write every token the adapter learned: the tiny stand-in suppresses single-byte tokens
+    for its zero-shot answers (the space before some titles is one); real checkpoints suppress none."""
+    base_model(model).generation_config.suppress_tokens = None
+
+
 class ChatLoRA:
     """Loss and batched captions of a chat VLM (with its LoRA adapter) on ChatDataset batches."""
 
@@ -292,6 +298,8 @@ class ChatLoRA:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self._answers: dict[str, list[int]] = {}
         self.stats = Counter()
+        free_tokens(model)
+
 
     def answer(self, title: str) -> list[int]:
         if title not in self._answers:
@@ -370,6 +378,7 @@ def load_adapter(path, token: str | None = None, dtype: str = "auto", base: str 
     model, processor = load_chat_vlm(name, token, dtype)
     try:
         model = PeftModel.from_pretrained(model, folder / "adapter").eval()
+        free_tokens(model)
     except (*load_errors(), RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"the adapter in {folder} is damaged or was trained on another base model "
