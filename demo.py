@@ -4,8 +4,11 @@ Stages: synthetic data + tiny models -> cleaning (imageCleaning/preprocess, into
 later stages use its CSVs) -> direct evaluation of the untrained model (task1_1) ->
 fine-tuning (vit_gpt2_finetuned) -> SCST from its best model (vit_gpt2_finetuned_RL) -> task2: the
 fine-tuned ViT frozen + projector + tiny Llama with LoRA (llama_lora), then inference with that run
-(inferllama) -> the caption command checked against every trained run's predictions.csv -> test scores
--> report (table, gallery, curves); every best/ model gets a model card (best/README.md). Each stage writes its run into RUNS_DIR/<script name>/. The tiny
+(inferllama) -> retrieval baselines (nearest, consensus, constant: titles copied from similar training
+photos) -> BLIP fine-tuned (blip) -> DeepSeek-VL zero-shot, then fine-tuned with LoRA (vlm_lora) -> the
+caption command checked against every trained run's predictions.csv -> test scores -> report (table,
+gallery, curves); every best/ model gets a model card (best/README.md). Each stage writes its run into
+RUNS_DIR/<script name>/. The tiny
 models are random-weight stand-ins for the real checkpoints, so the numbers show the pipeline works,
 not how good the real models are.
 
@@ -35,6 +38,14 @@ TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "50", "--restart
 # per image against the mean of the others (chosen on a 2000-image validation split: bench/scst_gain.py).
 TINY_SCST = ["--lr", "2e-4", "--batch-size", "32", "--epochs", "3", "--restart-epochs", "3", "--baseline", "mean",
              "--samples", "8", "--patience", "0", "--workers", "0", "--preset", "greedy"]
+# BLIP: the random tiny vision tower frozen (features cached), its text decoder trained in full at a tiny
+# model's lr (a LoRA adapter on a random decoder learns too little; the checkpoint's default is LoRA r16).
+TINY_BLIP = ["--lora", "none", "--lr", "3e-3", "--batch-size", "32", "--epochs", "10", "--restart-epochs", "10",
+             "--eval-every", "10", "--patience", "0", "--workers", "0", "--preset", "greedy", "--max-new-tokens", "16"]
+# The tiny DeepSeek-VL hybrid with a LoRA adapter on its language model, vision side cached; a short question
+# (the tiny tokenizer spells long ones letter by letter).
+TINY_VLM = ["--lora", "r64", "--lr", "5e-3", "--batch-size", "16", "--epochs", "4", "--restart-epochs", "4",
+            "--eval-every", "4", "--patience", "0", "--workers", "0", "--question", "Title:", "--max-new-tokens", "12"]
 # task2 on the tiny Llama: LoRA + projector at a tiny model's lr; 4x4 pooled image tokens keep steps short.
 TINY_LLAMA = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "12", "--restart-epochs", "12",
               "--eval-every", "6", "--patience", "0", "--workers", "0", "--preset", "greedy", "--pool", "4x4",
@@ -157,11 +168,17 @@ def main(argv=None):
     demo.stage("inferllama", "task2/inferllama.py", "--run", str(runs / "llama_lora"), "--preset", "greedy",
                "--max-new-tokens", "16", "--workers", "0")
 
+    # what a captioner adds over copying titles: the fine-tuned ViT's features (already in the feature cache)
+    for method in ("nearest", "consensus", "constant"):
+        demo.stage(method, "task1/baselines.py", "--method", method, "--encoder", best, "--workers", "0")
+    demo.stage("blip", "task1/blip.py", "--model", str(models / "blip"), *TINY_BLIP)
+
     print("\n[deepseek] RANDOM-WEIGHT STAND-IN: a tiny untrained DeepSeek-VL hybrid that takes the real "
           "model's path (class from its config, chat template, batched generation, title cleaner); "
           "its titles are noise.")
     demo.stage("deepseek", "task2/deepseek.py", "--model", str(models / "deepseek-vl"), "--limit", "48",
                "--max-new-tokens", "12")
+    demo.stage("vlm_lora", "task2/vlm_lora.py", "--model", str(models / "deepseek-vl"), *TINY_VLM)
 
     check_caption_command(demo)
     from captioning.report import report

@@ -87,7 +87,7 @@ class Retrieval:
         idx = neighbours(queries, self.bank, k, query_names, self.names)
         return [consensus_pick([self.titles[int(i)] for i in row], self.scorer) for row in idx]
 
-    def choose_k(self, queries, query_names, references, ks=(3, 5, 10, 20, 40)) -> tuple[int, dict]:
+    def choose_k(self, queries, query_names, references, ks=(3, 5, 10, 20)) -> tuple[int, dict]:
         """The k whose consensus titles score the best mean CIDEr-D on (validation) references."""
         scores = {}
         for k in ks:

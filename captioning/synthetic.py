@@ -351,11 +351,14 @@ TINY_CHAT_TEMPLATE = (
     "{{ eos_token }}{% endgeneration %}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
-def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE, init: float = 0.5):
+def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE, init: float = 0.1,
+                           head: float = 0.5, vision_width: int = 32, sam_channels: int = 8):
     """A tiny random DeepSeek-VL hybrid chat model (SigLIP 32 px + SAM 64 px + 2-layer Llama) and its
     processor with a chat template: the offline stand-in for deepseek-community/deepseek-vl-7b-chat.
     Its tokenizer is `tokenizer` plus the image placeholder; single-byte tokens are suppressed in
-    generation so that its (random) answers are made of caption words, not bytes."""
+    generation so that its (random) answers are made of caption words, not bytes. Weights are drawn
+    with std `init`, the output layer's with std `head`: small enough in the blocks for a LoRA adapter
+    to steer them (task2/vlm_lora.py), large enough at the output for confident answers."""
     import torch
     from tokenizers import Tokenizer
     from transformers import (DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration,
@@ -372,16 +375,18 @@ def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_si
     patch = 8
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                       initializer_range=init, **ids)  # large weights: answers depend on image and prompt
-    siglip = SiglipVisionConfig(image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=1, num_attention_heads=2)
-    sam = SamVisionConfig(image_size=high_res_size, patch_size=16, hidden_size=32, output_channels=8,
+                       initializer_range=init, **ids)
+    siglip = SiglipVisionConfig(image_size=image_size, patch_size=patch, hidden_size=vision_width,
+                                intermediate_size=2 * vision_width, num_hidden_layers=1, num_attention_heads=2)
+    sam = SamVisionConfig(image_size=high_res_size, patch_size=16, hidden_size=32, output_channels=sam_channels,
                           num_hidden_layers=2, num_attention_heads=2, window_size=2, global_attn_indexes=[1],
                           mlp_dim=64)
     cfg = DeepseekVLHybridConfig(text_config=text, vision_config=siglip, high_res_vision_config=sam,
                                  image_token_id=tok.convert_tokens_to_ids(tok.image_token),
                                  tie_word_embeddings=False)
     model = DeepseekVLHybridForConditionalGeneration(cfg)
+    with torch.no_grad():  # a wide output layer: answers depend on image and prompt, and can be confident
+        model.lm_head.weight.mul_(head / init)
     for key, value in ids.items():
         setattr(model.generation_config, key, value)
     model.generation_config.suppress_tokens = sorted(
@@ -413,13 +418,16 @@ def build_tiny_llava(out_dir, tokenizer, image_size: int = 32, patch: int = 8):
     ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     torch.manual_seed(0)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, **ids)
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                       initializer_range=0.1, **ids)
     vision = CLIPVisionConfig(image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64,
                               num_hidden_layers=1, num_attention_heads=2)
     cfg = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-1,
                       vision_feature_select_strategy="default",
                       image_token_id=tok.convert_tokens_to_ids(tok.image_token))
     model = LlavaForConditionalGeneration(cfg)
+    with torch.no_grad():  # as the DeepSeek-VL stand-in: an output layer wide enough for confident answers
+        model.lm_head.weight.mul_(5.0)
     for key, value in ids.items():
         setattr(model.generation_config, key, value)
     model.save_pretrained(out_dir)

@@ -169,8 +169,8 @@ def per_image(pooled) -> list[torch.Tensor] | None:
 
 
 @torch.no_grad()
-def encode_images(model, processor, images, question: str):
-    """(prompt ids per image, image features per image or None) for a batch of PIL images."""
+def _encode(model, processor, images, question: str):
+    """(prompt ids per image, the vision side's pooler_output as the model returns it, or None)."""
     inputs = processor.apply_chat_template([conversation(im, question) for im in images], add_generation_prompt=True,
                                            tokenize=True, return_dict=True, return_tensors="pt",
                                            processor_kwargs={"padding": True})
@@ -181,7 +181,22 @@ def encode_images(model, processor, images, question: str):
     device, dtype = m.device, m.dtype
     kwargs = {k: inputs[k].to(device, dtype=dtype if inputs[k].is_floating_point() else None)
               for k in image_keys(model, inputs)}
-    return prompts, per_image(image_features_fn(model)(**kwargs).pooler_output)
+    return prompts, image_features_fn(model)(**kwargs).pooler_output
+
+
+def encode_images(model, processor, images, question: str):
+    """(prompt ids per image, image features per image or None) for a batch of PIL images."""
+    prompts, pooled = _encode(model, processor, images, question)
+    return prompts, None if pooled is None else per_image(pooled)
+
+
+def pooled_as_list(model, processor, question: str) -> bool:
+    """Whether the model hands its image features around as a list per image (LLaVA) rather than one
+    [images, tokens, width] tensor (DeepSeek-VL): cached features go back to it the same way."""
+    from PIL import Image
+
+    _, pooled = _encode(model, processor, [Image.new("RGB", (64, 64))], question)
+    return isinstance(pooled, (list, tuple))
 
 
 class ChatDataset:
@@ -298,6 +313,7 @@ class ChatLoRA:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self._answers: dict[str, list[int]] = {}
         self.stats = Counter()
+        self.as_list = None  # how the model passes image features around (pooled_as_list), found on first use
         free_tokens(model)
 
 
@@ -310,8 +326,11 @@ class ChatLoRA:
         if "features" in batch:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-            feats = batch["features"].to(dtype=base_model(model).dtype)
-            return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=feats)}}
+            feats = batch["features"].to(base_model(model).device, dtype=base_model(model).dtype)
+            if self.as_list is None:
+                self.as_list = pooled_as_list(model, self.processor, self.question)
+            pooled = list(feats) if self.as_list else feats
+            return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
         inputs = self.processor.apply_chat_template(
             [conversation(im, self.question) for im in batch["image"]], add_generation_prompt=True, tokenize=True,
             return_dict=True, return_tensors="pt", processor_kwargs={"padding": True})
@@ -320,12 +339,18 @@ class ChatLoRA:
                 for k in image_keys(model, inputs)}
 
     def loss(self, model, batch, state=None):
+        """Mean cross-entropy of the titles and their end-of-turn tokens. Logits are computed only where an
+        answer token is predicted (`logits_to_keep`): over the ~600 image and prompt positions the vocabulary
+        projection (100k words for DeepSeek-VL) would cost memory and time for no loss."""
         ids, mask, labels = training_batch(batch["prompt"], [self.answer(c) for c in batch["caption"]], self.pad_id)
         device = base_model(model).device
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
-                    **self.vision_inputs(model, batch))
-        tokens = int((labels[:, 1:] != -100).sum())  # the causal LM predicts every label after the first
-        return global_mean(out.loss * tokens, tokens)  # over every process's answer tokens
+        keep = ids.shape[1] - min(len(p) for p in batch["prompt"])  # every answer lies in the last `keep` positions
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep + 1,
+                       **self.vision_inputs(model, batch)).logits[:, :-1]
+        target = labels[:, -keep:].to(device)
+        mean = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+        tokens = int((target != -100).sum())
+        return global_mean(mean * tokens, tokens)  # over every process's answer tokens
 
     @torch.no_grad()
     def caption(self, model, batch, preset: str = "greedy") -> list[str]:

@@ -30,7 +30,7 @@ class Config(RunConfig):
     method: str = choice("nearest", "consensus", "constant")
     # The frozen image encoder whose features measure similarity: a hub id, a model folder or a task1 run
     encoder: str = DEFAULT_VISION
-    # Neighbours the consensus compares (0 = choose among 3, 5, 10, 20, 40 on the validation split)
+    # Neighbours the consensus compares (0 = choose among 3, 5, 10, 20 on the validation split)
     k: int = 0
     # The constant title is chosen among this many most frequent training titles
     candidates: int = 200

@@ -30,7 +30,7 @@ def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family,
     images = [load_image(r.path) for r in records]
     titles = ["Two Eggs on a Red Plate", "A Blue Bowl of One Lime"]
     tok = processor.tokenizer
-    prompts, _ = encode_images(model, processor, images, QUESTION)
+    prompts, feats = encode_images(model, processor, images, QUESTION)
     ends = end_of_turn_ids(model, tok)
     ids, mask, labels = training_batch(prompts, [answer_ids(processor, QUESTION, t, ends) for t in titles],
                                        tok.pad_token_id)
@@ -52,14 +52,20 @@ def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family,
         assert real.tolist() == ref_real[: len(real)].tolist()  # the same chat, image tokens expanded
         assert (labels[i][: len(prompts[i])] == -100).all() and (labels[i][mask[i] == 0] == -100).all()
         assert (ids[i] == image_id).sum() >= 16 and (labels[i][ids[i] == image_id] == -100).all()
+    # the recipe's loss (logits kept on the answers only) is the model's own loss on these labels
+    chat = ChatLoRA(model, processor, QUESTION)
+    batch = {"prompt": prompts, "caption": titles, "features": torch.stack(feats)}
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, labels=labels, **chat.vision_inputs(model, batch)).loss
+        assert torch.allclose(chat.loss(model, batch), full, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def trained(chat_models, synth, tmp_path_factory, one_thread):
-    """The tiny DeepSeek-VL hybrid with a LoRA adapter trained for a few steps on cached vision outputs."""
+@pytest.fixture(scope="module", params=["deepseek-vl-hybrid", "llava"])
+def trained(chat_models, synth, tmp_path_factory, one_thread, request):
+    """A tiny chat VLM with a LoRA adapter trained for a few steps on cached vision outputs."""
     from types import SimpleNamespace
 
-    model, processor = load_chat_vlm(str(chat_models["deepseek-vl-hybrid"]))
+    model, processor = load_chat_vlm(str(chat_models[request.param]))
     cfg = SimpleNamespace(data_dir=str(synth), images_dir="", limit=24, cache_dir="", batch_size=8)
     data = chat_datasets(cfg, model, processor, QUESTION, ("train",))["train"]
     model = add_lora(model, "r64")
@@ -78,7 +84,7 @@ def trained(chat_models, synth, tmp_path_factory, one_thread):
         losses.append(loss.item())
     model.eval()
     folder = tmp_path_factory.mktemp("adapter") / "best"
-    chat.save(model, folder, str(chat_models["deepseek-vl-hybrid"]))
+    chat.save(model, folder, str(chat_models[request.param]))
     return chat, data, batch, before, losses, folder
 
 
