@@ -6,11 +6,11 @@ fine-tuning (vit_gpt2_finetuned) -> SCST from its best model (vit_gpt2_finetuned
 fine-tuned ViT frozen + projector + tiny Llama with LoRA (llama_lora), then inference with that run
 (inferllama) -> retrieval baselines (nearest, consensus, constant: titles copied from similar training
 photos) -> BLIP fine-tuned (blip) -> DeepSeek-VL zero-shot, then fine-tuned with LoRA (vlm_lora) -> the
-caption command checked against every trained run's predictions.csv -> test scores -> report (table,
+caption command checked against every trained run's predictions.csv -> test scores (n-gram metrics,
+CLIPScore and BERTScore with a tiny CLIP and BERT, exact match, novelty, diversity) -> report (table,
 gallery, curves); every best/ model gets a model card (best/README.md). Each stage writes its run into
-RUNS_DIR/<script name>/. The tiny
-models are random-weight stand-ins for the real checkpoints, so the numbers show the pipeline works,
-not how good the real models are.
+RUNS_DIR/<script name>/. The tiny models are random-weight stand-ins for the real checkpoints, so the
+numbers show the pipeline works, not how good the real models are.
 
     python demo.py [--runs-dir demo_runs] [--data-dir EXISTING_DATASET [--images-dir IMAGES] | --dataset ID]
 """
@@ -69,8 +69,10 @@ class Demo:
         self.times: dict[str, float] = {}
 
     def common(self, name: str) -> list[str]:
+        # the tiny CLIP and BERT stand in for openai/clip-vit-base-patch32 and roberta-large in every score
         return ["--data-dir", str(self.data), "--images-dir", str(self.images),
-                "--output-dir", str(self.runs / name), "--overwrite", "--cache-dir", str(self.runs / ".cache")]
+                "--output-dir", str(self.runs / name), "--overwrite", "--cache-dir", str(self.runs / ".cache"),
+                "--clip-model", str(self.models / "clip"), "--bertscore-model", str(self.models / "bert")]
 
     def stage(self, name: str, script: str, *args: str, common: bool = True):
         """Run one recipe in this process (one METEOR JVM, one torch import for all stages)."""
@@ -122,6 +124,10 @@ def check_caption_command(demo: Demo) -> None:
         raise UserError("the caption command's titles differ from predictions.csv: " + "; ".join(bad))
 
 
+def _fmt(value) -> str:
+    return "skipped" if value is None else f"{value:.3f}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="demo_runs", help="where each stage writes its run (default demo_runs)")
@@ -145,7 +151,9 @@ def main(argv=None):
     if label == "synthetic data":
         info = synthetic.make_dataset(data, a.n, a.seed)
         print(f"synthetic data: {info['splits']} + {len(info['dirty'])} dirty entries in {data}")
-    models = synthetic.build_models(data, runs / "models")
+    built: dict[str, float] = {}
+    models = synthetic.build_models(data, runs / "models", built)
+    print("tiny models built in " + ", ".join(f"{name} {secs:.1f} s" for name, secs in built.items()))
     print(f"tiny models and tokenizer: {models}")
     demo = Demo(runs, data, models, images)
     vit_gpt2 = str(models / "vit-gpt2")
@@ -161,6 +169,11 @@ def main(argv=None):
     demo.stage("vit_gpt2_finetuned_RL", "task1/vit_gpt2_finetuned_RL.py", "--model", best, *TINY_SCST)
     xe, rl = (demo.metrics(n)["test"]["CIDEr"] for n in ("vit_gpt2_finetuned", "vit_gpt2_finetuned_RL"))
     print(f"SCST after cross-entropy, same greedy decoding: test CIDEr {xe:.3f} -> {rl:.3f}")
+    for name in ("task1_1", "vit_gpt2_finetuned"):  # what a person would see: right titles, varied titles
+        m = demo.metrics(name)["test"]
+        print(f"{name}: test RefCLIPScore {_fmt(m.get('RefCLIPScore'))}, BERTScore {_fmt(m.get('BERTScore'))}, "
+              f"exact match {_fmt(m.get('ExactMatch'))}, distinct titles {_fmt(m.get('Distinct'))}, "
+              f"most frequent title's share {_fmt(m.get('TopShare'))}")
 
     # task2: the encoder fine-tuned above, frozen (features cached) + projector + tiny Llama with LoRA
     demo.stage("llama_lora", "task2/train.py", "--model", str(models / "llama"), "--vision-model", best,
@@ -188,6 +201,9 @@ def main(argv=None):
     print(out["table"], end="")
     for name, secs in demo.times.items():
         print(f"  {name}: {secs:.0f} s")
+    new = sum(demo.metrics(n)["info"].get("eval_seconds", {}).get(split, {}).get("new metrics", 0)
+              for n in demo.times for split in ("valid", "test") if (runs / n / "metrics.json").exists())
+    print(f"  scores beyond n-grams (CLIPScore, BERTScore, title figures), all runs: {new:.1f} s")
     print(f"gallery: {out['gallery']}\ncurves:  {out['curves']}\ntable:   {out['results']}")
     print(f"demo finished in {time.time() - t_start:.0f} s")
 

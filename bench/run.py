@@ -10,6 +10,7 @@ Each ratio is measured side by side in this one run, on the same data, model siz
   bench_reward  SCST: the reward's share of a step (and the original's one-call-per-caption METEOR)
   bench_ocr     cleaning's OCR with 2 worker processes against 1
   bench_vlm     chat-VLM LoRA epochs: vision outputs cached against the tower run every step
+  bench_semantic  the new scores' (CLIPScore, BERTScore, ...) share of a run's evaluation time
 Writes OUT/RESULTS.md (the table, the machine, its load) and OUT/results.json (every figure; the
 headline keys below are null when a benchmark could not run, with the reason in "errors").
 """
@@ -41,10 +42,11 @@ HEADLINE = {
     "eval_speedup": ("evaluation: captions per second", 5.0, True),
     "reward_share": ("SCST: reward share of a step", 0.10, False),
     "ocr_speedup": ("OCR cleaning: images per second, 2 workers", 1.7, True),
+    "semantic_share": ("evaluation: CLIPScore, BERTScore and title figures' share of it", 0.20, False),
     "utilisation": ("training step FLOP/s / measured matmul FLOP/s", None, True),
     "vlm_cache_speedup": ("chat-VLM LoRA: epoch time, vision cached vs tower every step", 2.0, True),
 }
-BENCHES = ("ocr", "reward", "task2", "train", "vlm")
+BENCHES = ("ocr", "reward", "task2", "train", "vlm", "semantic")
 
 
 def _call(module_name: str, quick: bool, **quick_kwargs) -> dict:
@@ -77,6 +79,8 @@ def run_benches(only=BENCHES, quick: bool = False, log=print) -> dict:
                     first = out
                     out = max(first, again, key=lambda r: r.get("cpu_speedup_2", 0))  # the fairer moment
                     out["runs"] = [{k: v for k, v in r.items() if k != "runs"} for r in (first, again)]
+            elif name == "semantic":
+                out = _call("bench_semantic", quick, quick=True)
             elif name == "reward":
                 out = _call("bench_reward", quick, steps=2, meteor_steps=0)
                 out.update(per_caption_reward(out, quick))
@@ -158,7 +162,7 @@ def met(key: str, value) -> str:
 
 def _ours_vs_original(key: str, details: dict) -> str:
     """The raw figures behind a ratio, for the table."""
-    t, r, t2, o, v = (details.get(k, {}) for k in ("train", "reward", "task2", "ocr", "vlm"))
+    t, r, t2, o, v, sem = (details.get(k, {}) for k in ("train", "reward", "task2", "ocr", "vlm", "semantic"))
     if key == "vlm_cache_speedup" and v:
         return f"{v['tower']['epoch_seconds']:.1f} s -> {v['cached']['epoch_seconds']:.1f} s per epoch"
     if key == "finetune_epoch_speedup" and t:
@@ -174,6 +178,10 @@ def _ours_vs_original(key: str, details: dict) -> str:
         return f"{t2['original']['epoch_seconds']:.1f} s -> {t2['ours']['epoch_seconds']:.1f} s per epoch"
     if key == "reward_share" and r:
         return f"CIDEr-D reward, {r['scst_step_seconds'] * 1000:.0f} ms step"
+    if key == "semantic_share" and sem:
+        c = sem["cold"]
+        return (f"{c['new metrics']:.1f} s of {c['captioning'] + c['n-gram metrics'] + c['new metrics']:.1f} s "
+                f"for {sem['images']} images; {sem['semantic_share_warm']:.0%} once the image embeddings are cached")
     if key == "ocr_speedup" and o:
         return f"{o['ocr_images_per_s_1']:.2f} -> {o['ocr_images_per_s_2']:.2f} images/s"
     if key == "utilisation" and t:
@@ -187,7 +195,7 @@ def table(result: dict) -> str:
     fig, det = result["figures"], result["details"]
     rows = ["| measure | ratio (ours / original) | figures | target | met |", "|---|---:|---|---:|---|"]
     for key, (what, target, higher) in HEADLINE.items():
-        share = key in ("reward_share", "utilisation")
+        share = key in ("reward_share", "utilisation", "semantic_share")
         goal = "-" if target is None else (f"{'>=' if higher else '<'} " + (f"{target:.0%}" if share else f"{target}x"))
         rows.append(f"| {what} (`{key}`) | {_fmt(fig[key], share)} | {_ours_vs_original(key, det)} | {goal} | "
                     f"{met(key, fig[key])} |")

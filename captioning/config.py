@@ -169,7 +169,7 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
 # Lower bounds checked for every config that has these fields.
 MINIMUMS = {"batch_size": 1, "max_new_tokens": 1, "limit": 0, "workers": 0, "epochs": 0, "lr": 1e-12,
             "grad_accum": 1, "eval_every": 1, "restart_epochs": 1, "max_length": 2, "patience": 0,
-            "weight_decay": 0, "max_grad_norm": 0, "process_timeout": 1}
+            "weight_decay": 0, "max_grad_norm": 0, "process_timeout": 1, "bertscore_layer": 0}
 
 
 def to_dict(cfg, redact: bool = True) -> dict:
@@ -226,6 +226,15 @@ class RunConfig(DataConfig):
     # Several processes (accelerate launch, torchrun): minutes a process waits for the others (a cache being
     # built, a best model being saved) before the run is stopped
     process_timeout: int = 60
+    # CLIP model for CLIPScore and RefCLIPScore in the final evaluation: a hub id or a local folder
+    # ("" = leave them out; one that cannot be loaded offline is skipped, with the reason, in metrics.json)
+    clip_model: str = "openai/clip-vit-base-patch32"
+    # Model for BERTScore F1 against the references ("" = leave it out); the paper's default
+    bertscore_model: str = "roberta-large"
+    # Its layer whose token embeddings are matched (0 = bert-score's recommended one; a local folder: the last)
+    bertscore_layer: int = 0
+    # Rescale BERTScore with the model's baseline (bert-score's file, or bertscore_baseline.tsv in a folder)
+    bertscore_rescale: bool = True
 
 
 @dataclasses.dataclass

@@ -252,11 +252,12 @@ def score(dataset, predictions) -> dict:
     return {**evaluate_captions(predictions, [r.references for r in dataset.records]), "images": len(predictions)}
 
 
-def score_on_main(dataset, predictions) -> dict:
-    """score() computed by the main process only (one METEOR process), the result sent to every process."""
+def on_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) computed by the main process only (one METEOR process, one copy of the
+    scoring models), the result sent to every process."""
     out = [None]
     if distributed.rank_and_world()[0] == 0:
-        out = [score(dataset, predictions)]
+        out = [fn(*args, **kwargs)]
     if distributed.started():
         import torch.distributed as dist
 
@@ -264,19 +265,50 @@ def score_on_main(dataset, predictions) -> dict:
     return out[0]
 
 
+def score_on_main(dataset, predictions) -> dict:
+    """score() computed by the main process only, the result sent to every process."""
+    return on_main(score, dataset, predictions)
+
+
+def training_titles(cfg, datasets: dict) -> list[str] | None:
+    """The training split's titles (for the novelty figure): from the loaded train split, else read
+    from DATA_DIR/train_data.csv; None when there is none."""
+    from .data import read_csv, split_csv
+    from .text import normalize
+
+    train = datasets.get("train")
+    if train is not None and len(train):
+        return [r.title for r in train.records]
+    try:
+        return [normalize(t) for t in read_csv(split_csv(cfg.data_dir, "train"))["Title"]]
+    except UserError:
+        return None
+
+
 def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, collate_fn=collate,
                     info: dict | None = None) -> dict:
-    """Caption valid and test with cfg.preset, write predictions and metrics.json; returns metrics.
+    """Caption valid and test with cfg.preset, score them (n-gram metrics, CLIPScore, RefCLIPScore,
+    BERTScore, exact match, novelty, diversity: semantic.evaluate_all), write predictions and
+    metrics.json; returns metrics. metrics.json's info says how each model-based score was computed
+    (or why it was skipped) and the seconds spent captioning and scoring.
 
     metrics.json also records each split's caption spread (metrics.caption_spread) under "collapse",
     and the log says in words when one caption covers more than half of a split."""
-    metrics, spread = {}, {}
+    from .semantic import evaluate_all, options
+
+    metrics, spread, about, seconds = {}, {}, {}, {}
+    train_titles = training_titles(cfg, datasets)
     for split in ("valid", "test"):
         ds = datasets.get(split)
         if ds is None or len(ds) == 0:
             continue
+        t0 = time.perf_counter()
         preds = generate_split(caption_fn, model, ds, cfg, cfg.preset, device, f"captioning {split}", collate_fn)
-        metrics[split] = score_on_main(ds, preds)
+        seconds[split] = {"captioning": round(time.perf_counter() - t0, 3)}
+        scores, about = on_main(evaluate_all, preds, [r.references for r in ds.records], ds.records, train_titles,
+                                **options(cfg))
+        metrics[split] = {**scores, "images": len(preds)}  # the count: a --limit run says so
+        seconds[split].update(about["seconds"])
         spread[split] = caption_spread(preds)
         warning = collapse_warning(spread[split], f"{split} images")
         if warning and distributed.is_main():
@@ -285,7 +317,9 @@ def evaluate_splits(run: Run, cfg, caption_fn, model, datasets: dict, device, co
     if not metrics:
         raise UserError("nothing to evaluate: the valid and test splits have no usable images.")
     run.write_json("metrics.json", {**metrics, "collapse": spread,
-                                    "info": {"method": run.method, "preset": cfg.preset, **(info or {})}})
+                                    "info": {"method": run.method, "preset": cfg.preset,
+                                             "scorers": about.get("scorers", {}), "eval_seconds": seconds,
+                                             **(info or {})}})
     return metrics
 
 

@@ -28,6 +28,11 @@ from collections import Counter
 from .text import normalize
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+SEMANTIC_KEYS = ("CLIPScore", "RefCLIPScore", "BERTScore")  # captioning.semantic (models; may be skipped)
+TEXT_KEYS = ("ExactMatch", "Copied", "Distinct", "TopShare", "Vocab", "Length", "RefLength")
+ALL_KEYS = METRIC_KEYS + SEMANTIC_KEYS + TEXT_KEYS
+# The columns of a compact table (the report's default; --all shows ALL_KEYS)
+COMPACT_KEYS = ("BLEU-4", "METEOR", "CIDEr", "CLIPScore", "RefCLIPScore", "BERTScore", "ExactMatch", "Distinct")
 _meteor = None
 _meteor_lock = threading.Lock()
 
@@ -151,15 +156,16 @@ def collapse_warning(spread: dict, where: str = "images") -> str | None:
             "one caption; check the learning rate, the labels and the data before trusting its scores.")
 
 
-def read_predictions(path):
-    """(predictions, references) from a predictions.csv (columns prediction, reference[, references])."""
+def read_predictions(path, with_names: bool = False):
+    """(predictions, references) from a predictions.csv (columns prediction, reference[, references]);
+    with_names: also the rows' Image_Name (None where the file has no such column)."""
     from .config import UserError
     from .data import read_csv
 
     df = read_csv(path, required=("prediction", "reference"))
     if df.empty:
         raise UserError(f"{path} has no rows to score.")
-    preds, refs, blank = [], [], 0
+    preds, refs, names, blank = [], [], [], 0
     for row in df.to_dict("records"):
         extra = row.get("references") or ""
         try:
@@ -172,12 +178,13 @@ def read_predictions(path):
             continue
         preds.append(row["prediction"])
         refs.append(list(dict.fromkeys(these)))
+        names.append(row.get("Image_Name"))
     if not refs:
         raise UserError(f"{path} has no references (captions of new photos, e.g. from inferllama --images): "
                         "there is nothing to score them against.")
     if blank:
         print(f"warning: {path}: left out {blank} of {len(df)} row(s) without a reference.", file=sys.stderr)
-    return preds, refs
+    return (preds, refs, names) if with_names else (preds, refs)
 
 
 # ------------------------------------------------------------------- per-caption rewards (SCST)
@@ -301,29 +308,145 @@ def meteor_scores(captions, references, chunk: int = 256) -> list[float]:
     return [score[line] for line in lines]
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """Markdown table: one row per name, the number of images scored, one column per metric."""
-    head = ("| run | images | " + " | ".join(METRIC_KEYS) + " |\n"
-            + "|---|---:|" + "---:|" * len(METRIC_KEYS) + "\n")
-    body = "".join(f"| {name} | {m.get('images', '?')} | "
-                   + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRIC_KEYS) + " |\n"
+# ---------------------------------------------------------- title-level figures (no model needed)
+
+
+def comparable(text) -> str:
+    """A title as exact match and novelty compare it: lower case, PTB tokens, punctuation dropped
+    (fast_tokenize), so "Two Lemons, on a plate." equals "two lemons on a plate"."""
+    return fast_tokenize(_clean(text))
+
+
+def exact_match(predictions, references) -> float:
+    """Share of predictions equal, after `comparable`, to one of their references."""
+    refs = as_reference_lists(references)
+    if len(refs) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions but {len(refs)} references")
+    hits = [comparable(p) in {comparable(r) for r in rs} for p, rs in zip(predictions, refs)]
+    return sum(hits) / max(1, len(hits))
+
+
+def copied_share(predictions, train_titles) -> float:
+    """Share of predictions that repeat a training title verbatim (after `comparable`); 1 - this is
+    the novelty of the titles."""
+    seen = {comparable(t) for t in train_titles}
+    return sum(comparable(p) in seen for p in predictions) / max(1, len(predictions))
+
+
+def diversity(predictions, references=None) -> dict:
+    """How varied the titles are: Distinct and TopShare (caption_spread's share of distinct titles and
+    the most frequent title's share: near 1 when a model collapses onto one title), Vocab (distinct
+    words used), Length (mean words per title) and, given references, RefLength (theirs)."""
+    spread = caption_spread(predictions)
+    words = [comparable(p).split() for p in predictions]
+    out = {"Distinct": spread["distinct_share"], "TopShare": spread["top_share"],
+           "Vocab": len({w for ws in words for w in ws}), "Length": sum(map(len, words)) / max(1, len(words))}
+    if references is not None:
+        ref_words = [len(comparable(r).split()) for rs in as_reference_lists(references) for r in rs]
+        out["RefLength"] = sum(ref_words) / max(1, len(ref_words))
+    return out
+
+
+def text_scores(predictions, references, train_titles=None) -> dict:
+    """ExactMatch, Copied (None without training titles) and the diversity figures."""
+    predictions = list(predictions)
+    copied = None if train_titles is None else copied_share(predictions, train_titles)
+    return {"ExactMatch": exact_match(predictions, references), "Copied": copied,
+            **diversity(predictions, references)}
+
+
+def format_table(rows: dict[str, dict], keys=COMPACT_KEYS) -> str:
+    """Markdown table: one row per name, the number of images scored, one column per metric in `keys`
+    ("-" where a score is missing or was skipped)."""
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v) if isinstance(v, int) else "-"
+
+    head = "| run | images | " + " | ".join(keys) + " |\n|---|---:|" + "---:|" * len(keys) + "\n"
+    body = "".join(f"| {name} | {m.get('images', '?')} | " + " | ".join(cell(m.get(k)) for k in keys) + " |\n"
                    for name, m in rows.items())
     return head + body
+
+
+def _run_settings(path) -> dict:
+    """config.json of the run folder holding `path`, or {}."""
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(path).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _images_and_titles(path, names, images_dir: str, train_csv: str):
+    """(records of the rows' images or None, training titles or None): the images (`names`) from
+    --images-dir, else the run's own (config.json); the titles from --train-csv, else the run's
+    train_data.csv."""
+    from pathlib import Path
+
+    from .config import UserError
+    from .data import Record, read_csv, resolve_image
+
+    run = _run_settings(path)
+    folder = images_dir or run.get("images_dir") or (str(Path(run["data_dir"]) / "images") if run.get("data_dir")
+                                                     else "")
+    records = None
+    if folder and Path(folder).is_dir() and None not in names:
+        records = [Record(n, "", resolve_image(folder, n)) for n in names]
+        missing = sum(r.path is None for r in records)
+        if missing:  # CLIPScore scores the others
+            print(f"warning: {missing} of {len(records)} images of {path} are not in {folder}.", file=sys.stderr)
+    elif images_dir:
+        raise UserError(f"images folder {images_dir} does not exist.")
+    train = train_csv or (str(Path(run["data_dir"]) / "train_data.csv") if run.get("data_dir") else "")
+    titles = None
+    if train:
+        try:
+            titles = [normalize(t) for t in read_csv(train)["Title"]]
+        except UserError:
+            if train_csv:
+                raise
+    return records, titles
 
 
 def main(argv=None):
     import argparse
 
+    from .semantic import DEFAULT_BERTSCORE, DEFAULT_CLIP, evaluate_all
+
     p = argparse.ArgumentParser(prog="python -m captioning.metrics",
-                                description="Score a predictions.csv (columns prediction, reference).")
+                                description="Score a predictions.csv (columns prediction, reference; Image_Name "
+                                            "for CLIPScore): n-gram metrics, CLIPScore, RefCLIPScore, BERTScore, "
+                                            "exact match, novelty, diversity.")
     p.add_argument("predictions", nargs="+", help="one or more predictions.csv files")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON (every score and how it was computed)")
+    p.add_argument("--all", action="store_true", help="every column in the table (default: a compact set)")
+    p.add_argument("--images-dir", default="", help="the images (default: the run's, from its config.json)")
+    p.add_argument("--train-csv", default="",
+                   help="training titles for the novelty figure (default: the run's train_data.csv)")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP for CLIPScore ('' = none; default %(default)s)")
+    p.add_argument("--bertscore-model", default=DEFAULT_BERTSCORE,
+                   help="model for BERTScore ('' = none; default %(default)s)")
+    p.add_argument("--bertscore-layer", type=int, default=0, help="its layer (0 = the recommended one)")
+    p.add_argument("--no-bertscore-rescale", dest="rescale", action="store_false",
+                   help="report BERTScore without baseline rescaling")
+    p.add_argument("--cache-dir", default="", help="cache folder for CLIP image embeddings")
     a = p.parse_args(argv)
-    results = {}
+    results, about = {}, {}
     for path in a.predictions:
-        preds, refs = read_predictions(path)
-        results[path] = {**evaluate_captions(preds, refs), "images": len(preds)}
-    print(json.dumps(results, indent=2) if a.json else format_table(results), end="")
+        preds, refs, names = read_predictions(path, with_names=True)
+        records, titles = _images_and_titles(path, names, a.images_dir, a.train_csv)
+        scores, about[path] = evaluate_all(
+            preds, refs, records, titles, clip_model=a.clip_model, bertscore_model=a.bertscore_model,
+            bertscore_layer=a.bertscore_layer, rescale=a.rescale, cache_dir=a.cache_dir or None)
+        results[path] = {**scores, "images": len(preds)}
+    if a.json:
+        print(json.dumps({path: {**results[path], "info": about[path]} for path in results}, indent=2))
+        return
+    print(format_table(results, ALL_KEYS if a.all else COMPACT_KEYS), end="")
+    for path, info in about.items():
+        for key, how in info["scorers"].items():
+            print(f"{key}: {how}" + (f" ({path})" if len(about) > 1 else ""))
 
 
 if __name__ == "__main__":

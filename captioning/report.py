@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import UserError, run_main
 from .data import dataset_dir, read_csv
-from .metrics import METRIC_KEYS
+from .metrics import ALL_KEYS, COMPACT_KEYS
 
 
 def find_runs(root) -> list[Path]:
@@ -64,9 +64,17 @@ def _collapse_mark(metrics: dict, split: str) -> str:
     return f" **COLLAPSED: one caption for {share} of the images**"
 
 
-def results_table(runs: list[Path], root: Path) -> str:
-    head = ["run", "method", "split", "images", *METRIC_KEYS, "train time"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(METRIC_KEYS) + 2)]
+def _cell(value) -> str:
+    """A score as the tables print it: "-" when it is missing or was skipped."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def results_table(runs: list[Path], root: Path, keys=COMPACT_KEYS) -> str:
+    """One row per run and split; `keys` are the score columns (ALL_KEYS for every one)."""
+    head = ["run", "method", "split", "images", *keys, "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(keys) + 2)]
     for run in runs:
         metrics = _read_json(run / "metrics.json", {})
         info = metrics.get("info") if isinstance(metrics.get("info"), dict) else {}
@@ -76,7 +84,7 @@ def results_table(runs: list[Path], root: Path) -> str:
         for split in ("valid", "test"):
             if isinstance(metrics.get(split), dict):
                 m = metrics[split]
-                vals = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "?" for k in METRIC_KEYS]
+                vals = [_cell(m.get(k)) for k in keys]
                 name = str(run.relative_to(root)) if run != root else run.name
                 method = str(info.get("method", "?")) + _collapse_mark(metrics, split)
                 n = m.get("images")  # runs written before the count was recorded show "?"
@@ -117,12 +125,22 @@ def _caption_cell(text, reference: str) -> str:
     return f"<td class={'ok' if ok else 'no'}>{html.escape(str(text))}</td>"
 
 
+GALLERY_KEYS = ("CIDEr", "RefCLIPScore", "BERTScore", "ExactMatch", "Distinct")
+
+
+def _summary(run: Path) -> str:
+    """The run's test scores in one short line for the gallery's header (skipped ones left out)."""
+    test = (_read_json(run / "metrics.json", {}) or {}).get("test")
+    test = test if isinstance(test, dict) else {}
+    return " · ".join(f"{k} {_cell(test.get(k))}" for k in GALLERY_KEYS if _cell(test.get(k)) != "-")
+
+
 def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | None:
     """gallery.html: n test images drawn at random (seeded, so reruns compare the same images), each
     with its name, the reference and every run's caption."""
     from .data import resolve_image
 
-    preds, images_dir = {}, None
+    preds, folders, images_dir = {}, {}, None
     for run in runs:
         p = run / "predictions.csv"
         if not p.exists():
@@ -135,6 +153,7 @@ def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | N
         if not df["reference"].str.strip().any():  # captions of new photos: no test split to compare
             continue
         preds[run.name] = df.drop_duplicates("Image_Name").set_index("Image_Name")
+        folders[run.name] = run
         cfg = _read_json(run / "config.json", {})
         if images_dir is None and cfg.get("dataset"):  # laid out in the cache (data.dataset_dir)
             images_dir = dataset_dir(str(cfg["dataset"]), cfg.get("cache_dir") or None) / "images"
@@ -155,7 +174,8 @@ def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | N
             text = df.at[image, "prediction"] if image in df.index else None
             cells.append(_caption_cell(text, r["reference"]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference", *names])
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference"]) + "".join(
+        f"<th>{html.escape(name)}<br><small>{html.escape(_summary(folders[name]))}</small></th>" for name in names)
     page = f"""<!doctype html><meta charset=utf-8><title>Caption gallery</title>
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:middle}}
 table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6e6}} .no{{background:#fbeaea}}
@@ -258,12 +278,12 @@ def curve_figure(runs: list[Path]):
     return fig
 
 
-def report(root, gallery_size: int = 16) -> dict:
+def report(root, gallery_size: int = 16, all_columns: bool = False) -> dict:
     root = Path(root)
     runs = find_runs(root)
     if not runs:
         raise UserError(f"no run folders (with metrics.json) under {root}.")
-    table = results_table(runs, root)
+    table = results_table(runs, root, ALL_KEYS if all_columns else COMPACT_KEYS)
     (root / "results.md").write_text(table)
     return {"table": table, "results": root / "results.md", "gallery": gallery(runs, root, gallery_size),
             "curves": curves(runs, root)}
@@ -274,8 +294,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="folder holding run folders")
     p.add_argument("--gallery-size", type=int, default=16, help="test images in the gallery (default 16)")
+    p.add_argument("--all", action="store_true",
+                   help="every score in the table (default: BLEU-4, METEOR, CIDEr, CLIPScore, RefCLIPScore, "
+                        "BERTScore, exact match, distinct titles)")
     a = p.parse_args(argv)
-    out = report(a.runs, a.gallery_size)
+    out = report(a.runs, a.gallery_size, a.all)
     print(out["table"], end="")
     for key in ("results", "gallery", "curves"):
         if out[key]:

@@ -27,30 +27,86 @@ from .distributed import global_mean
 from .generation import decode
 from .metrics import CiderD, meteor_scores
 
-REWARDS = ("cider", "meteor", "mix")
+REWARDS = ("cider", "meteor", "mix", "clip", "cider+clip")
 BASELINES = ("greedy", "mean")
 
 
-def make_reward(kind: str, train_references, meteor_weight: float = 0.5):
-    """fn(captions, references) -> numpy array of rewards.
+class ClipReward:
+    """CLIPScore of each caption against its image, for SCST: the images' CLIP embeddings are computed
+    once (the feature cache), then each call embeds only the captions (remembered by text: samples repeat).
 
-    "cider"  CIDEr-D with document frequencies computed once from `train_references`
-    "meteor" METEOR from one long-lived Java process, a whole batch per call
-    "mix"    (1 - meteor_weight) * CIDEr-D + meteor_weight * METEOR
+    reward = ClipReward(load_clip(name), train_dataset.records)
+    reward(captions, images)    # images[i]: the position in train_dataset of caption i's image
+    """
+
+    def __init__(self, scorer, records, cache_dir=None, workers: int = 0):
+        from .semantic import CLIP_WEIGHT
+
+        self.scorer, self.weight = scorer, CLIP_WEIGHT
+        emb, kept = scorer.image_embeddings(records, cache_dir, workers)
+        self.images = np.zeros((len(records), emb.shape[1] if len(kept) else 0), np.float32)
+        self.images[kept] = emb
+        self._text: dict[str, np.ndarray] = {}
+
+    def __call__(self, captions, images) -> np.ndarray:
+        if images is None:
+            raise ValueError("the CLIP reward needs each caption's image (scst_step(..., images=batch['index']))")
+        new = [c for c in dict.fromkeys(captions) if c not in self._text]
+        if len(self._text) + len(new) > 200_000:
+            self._text.clear()
+            new = list(dict.fromkeys(captions))
+        for c, e in zip(new, self.scorer.text_embeddings(new) if new else []):
+            self._text[c] = e
+        text = np.stack([self._text[c] for c in captions])
+        return self.weight * np.clip((text * self.images[np.asarray(images)]).sum(1), 0, None)
+
+
+def clip_reward(cfg, records) -> ClipReward:
+    """The ClipReward of a run's training images with cfg.clip_model; a CLIP that cannot be loaded
+    stops the run with one sentence (a reward cannot be skipped the way an evaluation score can)."""
+    from .config import UserError, hf_token
+    from .semantic import Skipped, load_clip
+
+    if not cfg.clip_model:
+        raise UserError(f"--reward {cfg.reward} needs a CLIP model: pass --clip-model.")
+    try:
+        scorer = load_clip(cfg.clip_model, hf_token(cfg.hf_token))
+    except Skipped as e:
+        raise UserError(f"--reward {cfg.reward}: {e}.") from None
+    return ClipReward(scorer, records, cfg.cache_dir or None, cfg.workers)
+
+
+def make_reward(kind: str, train_references, meteor_weight: float = 0.5, clip: ClipReward | None = None,
+                clip_weight: float = 0.5):
+    """fn(captions, references, images=None) -> numpy array of rewards.
+
+    "cider"      CIDEr-D with document frequencies computed once from `train_references`
+    "meteor"     METEOR from one long-lived Java process, a whole batch per call
+    "mix"        (1 - meteor_weight) * CIDEr-D + meteor_weight * METEOR
+    "clip"       CLIPScore of the caption against its image (`clip`, a ClipReward; no reference used)
+    "cider+clip" (1 - clip_weight) * CIDEr-D + clip_weight * CLIPScore
+    `images` (positions in the training split, one per caption) is needed by the CLIP rewards only.
     """
     if kind not in REWARDS:
         raise ValueError(f"unknown reward {kind!r}; choose one of {', '.join(REWARDS)}")
-    cider = CiderD(train_references) if kind in ("cider", "mix") else None
+    if "clip" in kind and clip is None:
+        raise ValueError(f"the {kind!r} reward needs a ClipReward")
+    cider = CiderD(train_references) if kind in ("cider", "mix", "cider+clip") else None
 
     def meteor(caps, refs):
         return np.asarray(meteor_scores(caps, refs), dtype=float)
 
-    if kind == "cider":
-        return cider.scores
-    if kind == "meteor":
-        return meteor
-    w = meteor_weight
-    return lambda caps, refs: (1 - w) * cider.scores(caps, refs) + w * meteor(caps, refs)
+    parts = {"cider": lambda c, r, i: cider.scores(c, r), "meteor": lambda c, r, i: meteor(c, r),
+             "clip": lambda c, r, i: clip(c, i)}
+    weights = {"cider": {"cider": 1.0}, "meteor": {"meteor": 1.0}, "clip": {"clip": 1.0},
+               "mix": {"cider": 1 - meteor_weight, "meteor": meteor_weight},
+               "cider+clip": {"cider": 1 - clip_weight, "clip": clip_weight}}[kind]
+
+    def reward(captions, references, images=None):
+        return sum(w * np.asarray(parts[name](captions, references, images), dtype=float)
+                   for name, w in weights.items())
+
+    return reward
 
 
 def first_eos_mask(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -141,11 +197,13 @@ class _eval_mode:
 
 
 def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int = 5, baseline: str = "greedy",
-              top_p: float = 0.9, temperature: float = 1.0, max_new_tokens: int = 24, seeds=None) -> SCSTOutput:
+              top_p: float = 0.9, temperature: float = 1.0, max_new_tokens: int = 24, seeds=None,
+              images=None) -> SCSTOutput:
     """The SCST loss of one batch (see the module docstring); `references[i]` lists image i's titles.
 
     `seeds[i]` seeds image i's samples (RowSeededSampling), e.g. (run seed, epoch, dataset index): the
     samples are then the same however the batch is split over processes; None draws them from torch's RNG.
+    `images[i]` (for the CLIP rewards) is image i's position in the training split.
     Sampling and the log-probabilities that carry the gradient both run with dropout off: the gradient
     is that of the policy that drew the samples."""
     if baseline not in BASELINES:
@@ -172,11 +230,13 @@ def scst_step(model, encoder_outputs, references, tokenizer, reward_fn, k: int =
             greedy = net.generate(encoder_outputs=frozen(), do_sample=False, num_beams=1,
                                   max_new_tokens=max_new_tokens)
     refs_k = [r for r in references for _ in range(k)]
+    extra = {} if images is None else {"images": [int(i) for i in images]}
+    extra_k = {} if images is None else {"images": [int(i) for i in images for _ in range(k)]}
     t0 = time.perf_counter()  # reward time counts decoding the ids to text too
     samples = decode(tokenizer, sampled)
-    rewards = reward_fn(samples, refs_k)
+    rewards = reward_fn(samples, refs_k, **extra_k)
     if greedy is not None:
-        base = np.repeat(reward_fn(decode(tokenizer, greedy), references), k)
+        base = np.repeat(reward_fn(decode(tokenizer, greedy), references, **extra), k)
     else:
         base = leave_one_out_mean(rewards, k)
     seconds = time.perf_counter() - t0

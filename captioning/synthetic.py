@@ -274,13 +274,10 @@ def build_tiny_llama(out_dir, tokenizer=None, pretrain_steps: int = 60, width: i
     image. A random language model under a frozen-base LoRA adapter would have to learn the language
     through the adapter too, which a real LoRA run never does. (`tokenizer`, the shared GPT-2-style
     one, is not used: a Llama has its own.)"""
-    import itertools
-
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    texts = [caption_for(f, c, k, col) for f, c, k, col in itertools.product(
-        range(len(FOODS)), range(1, 5), ("plate", "bowl"), CONTAINER_COLOURS)]
+    texts = all_captions()
     texts.append("The name of the dish in the image is:")
     tok = llama_style_tokenizer(texts)
     torch.manual_seed(0)
@@ -487,8 +484,141 @@ def build_tiny_blip(out_dir, tokenizer=None, image_size: int = SIZE, patch: int 
 MODEL_BUILDERS["blip"] = build_tiny_blip
 
 
-def build_models(data_dir, out=None) -> Path:
-    """Train the tokenizer on the dataset's train captions and write every tiny model into out."""
+def clip_tokenizer(texts, vocab_size: int = 300):
+    """A CLIP tokenizer (lower case, `</w>` word ends, <|startoftext|> ... <|endoftext|>) with a BPE
+    trained on `texts`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Lowercase()
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                       end_of_word_suffix="</w>"))
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, pad_token="<|endoftext|>")
+
+
+def _own_torch_rng(builder):
+    """Run a builder on a forked torch RNG: the models built before and after it (and whatever the
+    caller trains next) draw the same numbers as without it."""
+    import functools
+
+    @functools.wraps(builder)
+    def wrapped(*args, **kwargs):
+        import torch
+
+        with torch.random.fork_rng():
+            return builder(*args, **kwargs)
+
+    return wrapped
+
+
+@_own_torch_rng
+def build_tiny_clip(out_dir, tokenizer=None, steps: int = 150, n_images: int = 768, image_size: int = 32,
+                    seed: int = 7, text: dict | None = None, vision: dict | None = None, projection_dim: int = 32):
+    """A tiny CLIPModel (32 px, patch 8, 32-dim towers, 2 layers each) and its processor and tokenizer,
+    trained contrastively for `steps` steps (batch 96; ~3 s) on freshly drawn dishes (never the
+    dataset's pictures): the offline stand-in for openai/clip-vit-base-patch32 behind CLIPScore.
+    Trained, it prefers a picture's own title to another's; untrained, its scores would mean nothing.
+    `text`, `vision` (config fields) and `projection_dim` let the benchmarks build real sizes."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    tok = clip_tokenizer(all_captions())
+    torch.manual_seed(seed)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    text = {**dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=2, max_position_embeddings=32, eos_token_id=eos, pad_token_id=eos,
+                   bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>")), **(text or {})}
+    vision = {**dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2), **(vision or {})}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                      crop_size={"height": image_size, "width": image_size})
+    rng = np.random.default_rng(seed)
+    dishes = [draw_dish(rng) for _ in range(n_images if steps else 0)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small only contend for a second core
+    try:
+        if steps:
+            pixels = processor([im for im, _ in dishes], return_tensors="pt")["pixel_values"]
+            enc = tok(["A photo depicts " + c for _, c in dishes], padding=True, return_tensors="pt")
+            opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+            model.train()
+        for _ in range(steps):
+            i = torch.randint(n_images, (96,))
+            out = model(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i],
+                        pixel_values=pixels[i], return_loss=True)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return model
+
+
+@_own_torch_rng
+def build_tiny_bert(out_dir, tokenizer=None, baseline_pairs: int = 400, seed: int = 0, width: int = 32,
+                    layers: int = 2, heads: int = 2, mlp: int = 64):
+    """A tiny random BertModel (32-dim, 2 layers) with a WordPiece tokenizer trained on the captions,
+    and its BERTScore baseline (`bertscore_baseline.tsv`: mean P, R, F per layer over random pairs of
+    unrelated captions, as bert-score's own baselines come from unrelated sentence pairs; none when
+    `baseline_pairs` is 0): the offline stand-in for roberta-large behind BERTScore. The sizes let the
+    benchmarks build real widths."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    texts = all_captions()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    wp.decoder = decoders.WordPiece()
+    tok = BertTokenizerFast(tokenizer_object=wp, model_max_length=64, **dict(zip(
+        ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), specials)))
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=mlp,
+                                 num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=64))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    if not baseline_pairs:
+        return model
+    import bert_score
+
+    rng = np.random.default_rng(seed)
+    a, b = (rng.integers(len(texts), size=baseline_pairs) for _ in range(2))
+    keep = a != b
+    cands, refs = [texts[i] for i in a[keep]], [texts[i] for i in b[keep]]
+    rows = ["LAYER,P,R,F"]
+    for layer in range(model.config.num_hidden_layers + 1):
+        scorer = bert_score.BERTScorer(model_type=str(out_dir), num_layers=layer, idf=False, device="cpu")
+        p, r, f = scorer.score(cands, refs, verbose=False)
+        rows.append(f"{layer},{p.mean():.6f},{r.mean():.6f},{f.mean():.6f}")
+    (Path(out_dir) / "bertscore_baseline.tsv").write_text("\n".join(rows) + "\n")
+    return model
+
+
+MODEL_BUILDERS["clip"] = build_tiny_clip
+MODEL_BUILDERS["bert"] = build_tiny_bert
+
+
+def build_models(data_dir, out=None, seconds: dict | None = None) -> Path:
+    """Train the tokenizer on the dataset's train captions and write every tiny model into out
+    (`seconds`, if given, receives each builder's time)."""
+    import time
+
     from .data import read_csv
     from .text import normalize
 
@@ -497,7 +627,10 @@ def build_models(data_dir, out=None) -> Path:
     caps = [normalize(t) for s in SPLITS for t in read_csv(data_dir / f"{s}_data.csv")["Title"]]
     tok = train_tokenizer([c for c in caps if c], out / "tokenizer")
     for name, fn in MODEL_BUILDERS.items():
+        t0 = time.perf_counter()
         fn(out / name, tok)
+        if seconds is not None:
+            seconds[name] = time.perf_counter() - t0
     return out
 
 

@@ -2,8 +2,8 @@
 
 Start from a model fine-tuned with cross-entropy (--model RUN/best). Each step encodes the images
 once, samples SAMPLES captions per image (top-p), scores them with the reward (CIDEr-D with
-document frequencies from the training titles, or METEOR, or a mix) against a baseline (the greedy
-caption's reward, or the mean of the image's other samples), and minimises
+document frequencies from the training titles, METEOR, CLIPScore against the image, or a mix) against
+a baseline (the greedy caption's reward, or the mean of the image's other samples), and minimises
     loss = (1 - alpha) * XE + alpha * SCST,   SCST = -mean((reward - baseline) * log p(sample))
 with alpha moving from ALPHA_START to ALPHA_END on ALPHA_SCHEDULE. Log-probabilities stop at each
 sample's first EOS. The ViT encoder stays frozen by default, as in the original; its outputs then
@@ -20,7 +20,7 @@ from captioning.distributed import gather, is_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 from captioning.sampling import gold_targets, ramp, teacher_forcing_loss
-from captioning.scst import make_reward, scst_step
+from captioning.scst import clip_reward, make_reward, scst_step
 
 
 @dataclass
@@ -45,11 +45,15 @@ class Config(TrainConfig):
     #   "mean"    the mean reward of the image's other samples (Luo 2020); no greedy decoding
     baseline: str = choice("greedy", "mean")
     # Reward (pick one):
-    #   "cider"   CIDEr-D, document frequencies computed once from the training titles
-    #   "meteor"  METEOR (the original's choice), one long-lived Java process scoring a batch per call
-    #   "mix"     (1 - METEOR_WEIGHT) * CIDEr-D + METEOR_WEIGHT * METEOR
-    reward: str = choice("cider", "meteor", "mix")
+    #   "cider"       CIDEr-D, document frequencies computed once from the training titles
+    #   "meteor"      METEOR (the original's choice), one long-lived Java process scoring a batch per call
+    #   "mix"         (1 - METEOR_WEIGHT) * CIDEr-D + METEOR_WEIGHT * METEOR
+    #   "clip"        CLIPScore of the caption against its image (CLIP_MODEL; needs no reference, which
+    #                 helps where each image has one title)
+    #   "cider+clip"  (1 - CLIP_WEIGHT) * CIDEr-D + CLIP_WEIGHT * CLIPScore
+    reward: str = choice("cider", "meteor", "mix", "clip", "cider+clip")
     meteor_weight: float = 0.5  # used by "mix" only
+    clip_weight: float = 0.5  # used by "cider+clip" only
     # Weight alpha of the SCST term (1 - alpha goes to cross-entropy) at the start and end of training
     alpha_start: float = 0.9
     alpha_end: float = 1.0  # alpha at the end of training
@@ -63,8 +67,8 @@ def main(argv=None):
         raise UserError("--samples must be at least 1 (at least 2 with --baseline mean).")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0):
         raise UserError("--top-p must lie in (0, 1] and --temperature above 0.")
-    if not (0 <= cfg.alpha_start <= 1 and 0 <= cfg.alpha_end <= 1 and 0 <= cfg.meteor_weight <= 1):
-        raise UserError("--alpha-start, --alpha-end and --meteor-weight must lie between 0 and 1.")
+    if not all(0 <= w <= 1 for w in (cfg.alpha_start, cfg.alpha_end, cfg.meteor_weight, cfg.clip_weight)):
+        raise UserError("--alpha-start, --alpha-end, --meteor-weight and --clip-weight must lie between 0 and 1.")
     if Path(cfg.model).name == "best" and not Path(cfg.model).exists():
         raise UserError(f"SCST starts from a fine-tuned model, but {cfg.model} does not exist: run "
                         "task1/vit_gpt2_finetuned.py first or pass --model.")
@@ -73,7 +77,9 @@ def main(argv=None):
     datasets = vit_gpt2_datasets(cfg, model, processor)  # --freeze vit: the feature cache
     if len(datasets["train"]) == 0:  # the CIDEr-D reward needs the training titles
         raise UserError("the train split has no usable images; training needs them to train on.")
-    reward = make_reward(cfg.reward, [r.references for r in datasets["train"].records], cfg.meteor_weight)
+    clip = clip_reward(cfg, datasets["train"].records) if "clip" in cfg.reward else None
+    reward = make_reward(cfg.reward, [r.references for r in datasets["train"].records], cfg.meteor_weight,
+                         clip, cfg.clip_weight)
     recipe = vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask=True)
     seen = {}  # epoch -> [steps, sum of mean sampled reward, sum of mean baseline]
 
@@ -82,7 +88,8 @@ def main(argv=None):
         enc = recipe.encoded(model, batch)  # shared by sampling, baseline, XE and gradient
         seeds = [(cfg.seed, state.epoch, i) for i in batch["index"]]  # an image's samples: whichever process
         out = scst_step(model, enc, batch["references"], tokenizer, reward, cfg.samples, cfg.baseline,
-                        cfg.top_p, cfg.temperature, cfg.max_new_tokens, seeds)
+                        cfg.top_p, cfg.temperature, cfg.max_new_tokens, seeds,
+                        images=batch["index"])
         s = seen.setdefault(state.epoch + 1, [0, 0.0, 0.0])
         s[0], s[1], s[2] = s[0] + 1, s[1] + out.reward, s[2] + out.baseline
         if alpha >= 1:

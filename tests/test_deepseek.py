@@ -116,7 +116,7 @@ def test_script_end_to_end_batched_equals_single(synth, hostile, tmp_path, capsy
     run = tmp_path / "b4"
     saved = json.loads((run / "metrics.json").read_text())
     for split in ("valid", "test"):
-        assert list(saved[split]) == [*METRIC_KEYS, "images"]
+        assert list(saved[split])[:len(METRIC_KEYS)] == list(METRIC_KEYS)
     assert saved["info"]["model_class"] == "DeepseekVLHybridForConditionalGeneration"
     train_titles = set(pd.read_csv(hostile / "train_data.csv")["Title"])
     assert sum(t in saved["info"]["question"] for t in train_titles) == 3  # the few-shot examples

@@ -62,7 +62,8 @@ def test_cli(tmp_path):
 
     got = json.loads(proc.stdout)[str(p)]
     want = evaluate_captions(["Two Lemons on a Plate", "A Bowl of Stew"], ["Two Lemons on a Plate", "A Bowl of Soup"])
-    assert got == pytest.approx({**want, "images": 2})
+    assert {k: got[k] for k in METRIC_KEYS} == pytest.approx(want) and got["images"] == 2
+    assert got["ExactMatch"] == 0.5 and got["Distinct"] == 1.0
 
 
 def test_cli_on_captions_without_references(tmp_path, capsys):

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from captioning.metrics import METRIC_KEYS
+from captioning.metrics import ALL_KEYS, METRIC_KEYS
 from conftest import assert_clean_failure, run_cli
 
 
@@ -12,7 +12,7 @@ def check_run_folder(out, trained=True):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m) >= {"valid", "test"}
     for split in ("valid", "test"):
-        assert list(m[split]) == [*METRIC_KEYS, "images"]
+        assert list(m[split])[:len(METRIC_KEYS)] == list(METRIC_KEYS) and set(m[split]) == {*ALL_KEYS, "images"}
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert m["test"]["images"] == len(pred)
     assert list(pred.columns[:3]) == ["Image_Name", "reference", "prediction"] and len(pred) > 0
@@ -28,9 +28,17 @@ def check_run_folder(out, trained=True):
 def test_task1_1_end_to_end(synth, tmp_path):
     out = tmp_path / "t11"
     p = run_cli("task1/task1_1.py", "--model", synth / "models" / "vit-gpt2", "--data-dir", synth,
-                "--output-dir", out, "--preset", "greedy", "--max-new-tokens", "8")
+                "--output-dir", out, "--preset", "greedy", "--max-new-tokens", "8",
+                "--clip-model", synth / "models" / "clip", "--bertscore-model", synth / "models" / "bert")
     assert p.returncode == 0, p.stderr[-3000:]
-    check_run_folder(out, trained=False)
+    m = check_run_folder(out, trained=False)
+    # the scores beyond n-grams, with the tiny CLIP and BERT, and how each was computed
+    for split in ("valid", "test"):
+        assert all(isinstance(m[split][k], float) for k in ("CLIPScore", "RefCLIPScore", "BERTScore", "Copied"))
+    assert "2.5 * max(cos, 0)" in m["info"]["scorers"]["CLIPScore"]
+    assert "layer 2, idf off, rescaled with baseline" in m["info"]["scorers"]["BERTScore"]
+    assert m["info"]["eval_seconds"]["test"]["new metrics"] > 0
+    assert "RefCLIPScore" in p.stdout
     assert "task1_1" in p.stdout and "CIDEr" in p.stdout
     # the blank (grey) image of the valid split loads fine: it is captioned, not skipped
     assert "zz-blank" in (out / "predictions_valid.csv").read_text()

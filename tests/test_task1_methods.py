@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from captioning.config import UserError
+from captioning.metrics import ALL_KEYS, METRIC_KEYS
 from captioning.models import encode_targets, load_vit_gpt2, vit_gpt2_recipe
 from captioning.sampling import SCHEDULES, encode, nucleus_pick, ramp, scheduled_sampling_loss
 from captioning.scst import first_eos_mask, leave_one_out_mean, scst_loss, scst_step, sequence_logprobs
@@ -118,7 +119,7 @@ def _load(script):
 def _check_run(folder):
     metrics = json.loads((folder / "metrics.json").read_text())
     for split in ("valid", "test"):
-        assert len(metrics[split]) == 7 and all(np.isfinite(v) for v in metrics[split].values())
+        assert all(np.isfinite(metrics[split][k]) for k in METRIC_KEYS) and set(metrics[split]) == {*ALL_KEYS, "images"}
     assert (folder / "predictions.csv").read_text().startswith("Image_Name,reference,prediction")
     assert (folder / "best" / "config.json").exists() and (folder / "log.jsonl").exists()
     return metrics
