@@ -44,7 +44,7 @@ TINY_BLIP = ["--lora", "none", "--lr", "3e-3", "--batch-size", "32", "--epochs",
              "--eval-every", "10", "--patience", "0", "--workers", "0", "--preset", "greedy", "--max-new-tokens", "16"]
 # The tiny DeepSeek-VL hybrid with a LoRA adapter on its language model, vision side cached; a short question
 # (the tiny tokenizer spells long ones letter by letter).
-TINY_VLM = ["--lora", "r64", "--lr", "5e-3", "--batch-size", "16", "--epochs", "4", "--restart-epochs", "4",
+TINY_VLM = ["--lora", "r64", "--lr", "3e-3", "--batch-size", "16", "--epochs", "4", "--restart-epochs", "4",
             "--eval-every", "4", "--patience", "0", "--workers", "0", "--question", "Title:", "--max-new-tokens", "12"]
 # task2 on the tiny Llama: LoRA + projector at a tiny model's lr; 4x4 pooled image tokens keep steps short.
 TINY_LLAMA = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "12", "--restart-epochs", "12",

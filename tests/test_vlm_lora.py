@@ -109,3 +109,20 @@ def test_save_load_and_caption_again_give_the_same_titles(trained):
     titles = [c.title for c in cap.caption(images)]
     assert titles == chat.caption(chat.model, chat_collate([data[i] for i in range(6)]))
     assert [cap.caption([im])[0].title for im in images] == titles  # batched == one at a time
+
+
+def test_deepseek_script_captions_with_the_adapter(trained, synth, tmp_path):
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    chat, _, _, _, _, folder = trained
+    spec = importlib.util.spec_from_file_location("_deepseek_adapter", ROOT / "task2" / "deepseek.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "run"
+    script.main(["--data-dir", str(synth), "--adapter", str(folder), "--limit", "4", "--output-dir", str(out),
+                 "--max-new-tokens", "8", "--cache-dir", str(tmp_path / "cache")])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["info"]["question"] == QUESTION and "LoRA adapter" in saved["info"]["method"]
