@@ -118,6 +118,8 @@ def test_deepseek_script_captions_with_the_adapter(trained, synth, tmp_path):
     from conftest import ROOT
 
     chat, _, _, _, _, folder = trained
+    if type(chat.model.get_base_model()).__name__.startswith("Llava"):
+        pytest.skip("one architecture is enough for the script's wiring")
     spec = importlib.util.spec_from_file_location("_deepseek_adapter", ROOT / "task2" / "deepseek.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
