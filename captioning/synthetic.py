@@ -348,6 +348,19 @@ TINY_CHAT_TEMPLATE = (
     "{{ eos_token }}{% endgeneration %}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
+def chat_tokenizer(tokenizer):
+    """A copy of `tokenizer` for the tiny chat models: the image placeholder token, the chat template, left
+    padding (batched generation)."""
+    from tokenizers import Tokenizer
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                             bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                             unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
+                             extra_special_tokens={"image_token": "<image_placeholder>"},
+                             chat_template=TINY_CHAT_TEMPLATE)
+
+
 def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_size: int = SIZE, init: float = 0.1,
                            head: float = 0.5, vision_width: int = 32, sam_channels: int = 8):
     """A tiny random DeepSeek-VL hybrid chat model (SigLIP 32 px + SAM 64 px + 2-layer Llama) and its
@@ -357,16 +370,11 @@ def build_tiny_deepseek_vl(out_dir, tokenizer, image_size: int = 32, high_res_si
     with std `init`, the output layer's with std `head`: small enough in the blocks for a LoRA adapter
     to steer them (task2/vlm_lora.py), large enough at the output for confident answers."""
     import torch
-    from tokenizers import Tokenizer
     from transformers import (DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration,
-                              DeepseekVLHybridImageProcessorPil, DeepseekVLHybridProcessor, GPT2TokenizerFast,
-                              LlamaConfig, SamVisionConfig, SiglipVisionConfig)
+                              DeepseekVLHybridImageProcessorPil, DeepseekVLHybridProcessor, LlamaConfig,
+                              SamVisionConfig, SiglipVisionConfig)
 
-    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
-                            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-                            unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
-                            extra_special_tokens={"image_token": "<image_placeholder>"},
-                            chat_template=TINY_CHAT_TEMPLATE)
+    tok = chat_tokenizer(tokenizer)
     ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     torch.manual_seed(0)
     patch = 8
@@ -403,15 +411,10 @@ def build_tiny_llava(out_dir, tokenizer, image_size: int = 32, patch: int = 8):
     """A tiny random LLaVA chat model (CLIP 32 px + 2-layer Llama) with the same chat template: a second
     chat-VLM architecture for the LoRA tests (not built by --models)."""
     import torch
-    from tokenizers import Tokenizer
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, GPT2TokenizerFast, LlamaConfig,
-                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
 
-    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
-                            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-                            unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
-                            extra_special_tokens={"image_token": "<image_placeholder>"},
-                            chat_template=TINY_CHAT_TEMPLATE)
+    tok = chat_tokenizer(tokenizer)
     ids = {key: getattr(tok, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     torch.manual_seed(0)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
