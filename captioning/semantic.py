@@ -217,14 +217,17 @@ class BertScorer:
         self.name, self.layer, self.rescaled = name, layer, baseline is not None
         self.why_not_rescaled = "" if baseline or not rescale else f"no baseline file for {name}"
         try:
-            with warnings.catch_warnings():  # it reads the baseline into a read-only array: harmless
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.scorer = bert_score.BERTScorer(
-                    model_type=name, num_layers=layer, idf=False, batch_size=batch_size, lang="en",
-                    rescale_with_baseline=self.rescaled, baseline_path=str(baseline) if baseline else None,
-                    device=str(_device()))
+            self.scorer = bert_score.BERTScorer(
+                model_type=name, num_layers=layer, idf=False, batch_size=batch_size, lang="en",
+                rescale_with_baseline=self.rescaled, baseline_path=str(baseline) if baseline else None,
+                device=str(_device()))
         except load_errors() as e:
             raise _not_loaded(name, e) from None
+        self.baseline_f = None
+        if self.rescaled:  # read once here: bert-score loads it lazily into a read-only array (harmless warning)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.baseline_f = float(self.scorer.baseline_vals[2])
 
     def describe(self) -> str:
         how = "rescaled with baseline" if self.rescaled else (
@@ -237,10 +240,8 @@ class BertScorer:
         for empty titles fails under transformers 5)."""
         refs = [[r for r in _as_list(x) if r.strip()] for x in references]
         ok = [i for i, (p, rs) in enumerate(zip(predictions, refs, strict=True)) if p.strip() and rs]
-        zero = 0.0
-        if self.rescaled:
-            b = float(self.scorer.baseline_vals[2])
-            zero = (0.0 - b) / (1.0 - b)
+        b = self.baseline_f
+        zero = 0.0 if b is None else (0.0 - b) / (1.0 - b)
         out = np.full(len(predictions), zero, dtype=np.float64)
         if ok:
             _, _, f = self.scorer.score([predictions[i] for i in ok], [refs[i] for i in ok], verbose=False)
