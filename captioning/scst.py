@@ -33,7 +33,8 @@ BASELINES = ("greedy", "mean")
 
 class ClipReward:
     """CLIPScore of each caption against its image, for SCST: the images' CLIP embeddings are computed
-    once (the feature cache), then each call embeds only the captions (remembered by text: samples repeat).
+    once (the feature cache), then each call embeds only the captions not seen before
+    (ClipScorer.text_embeddings remembers them).
 
     reward = ClipReward(load_clip(name), train_dataset.records)
     reward(captions, images)    # images[i]: the position in train_dataset of caption i's image
@@ -46,18 +47,11 @@ class ClipReward:
         emb, kept = scorer.image_embeddings(records, cache_dir, workers)
         self.images = np.zeros((len(records), emb.shape[1] if len(kept) else 0), np.float32)
         self.images[kept] = emb
-        self._text: dict[str, np.ndarray] = {}
 
     def __call__(self, captions, images) -> np.ndarray:
         if images is None:
             raise ValueError("the CLIP reward needs each caption's image (scst_step(..., images=batch['index']))")
-        new = [c for c in dict.fromkeys(captions) if c not in self._text]
-        if len(self._text) + len(new) > 200_000:
-            self._text.clear()
-            new = list(dict.fromkeys(captions))
-        for c, e in zip(new, self.scorer.text_embeddings(new) if new else []):
-            self._text[c] = e
-        text = np.stack([self._text[c] for c in captions])
+        text = self.scorer.text_embeddings(list(captions))
         return self.weight * np.clip((text * self.images[np.asarray(images)]).sum(1), 0, None)
 
 

@@ -98,20 +98,26 @@ class ClipScorer:
 
         self.image_tower = ImageTower(model)
         self._key = None
+        self._text: dict[str, np.ndarray] = {}
 
     def text_embeddings(self, texts, batch_size: int = 256) -> np.ndarray:
-        """L2-normalised text embeddings of `CLIP_PREFIX + text`, batched."""
+        """L2-normalised text embeddings [len(texts), D] of `CLIP_PREFIX + text`, batched; remembered by
+        text (the references of every run, SCST's repeated samples), so each is embedded once."""
         import torch
 
-        out = []
+        new = [t for t in dict.fromkeys(texts) if t not in self._text]
+        if len(self._text) + len(new) > 200_000:
+            self._text.clear()
+            new = list(dict.fromkeys(texts))
         with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                enc = self.tokenizer([CLIP_PREFIX + t for t in texts[i:i + batch_size]], padding=True,
-                                     truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+            for i in range(0, len(new), batch_size):
+                part = new[i:i + batch_size]
+                enc = self.tokenizer([CLIP_PREFIX + t for t in part], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
                 emb = _pooled(self.model.get_text_features(input_ids=enc["input_ids"],
                                                            attention_mask=enc["attention_mask"]))
-                out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+                self._text.update(zip(part, torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()))
+        return np.stack([self._text[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
     def image_embeddings(self, records, cache_dir=None, workers: int = 0, batch_size: int = 64):
         """(L2-normalised embeddings [N, D] of the readable images, their positions in `records`);

@@ -226,3 +226,23 @@ def test_metrics_cli_scores_any_predictions_file(synth, tiny, tmp_path, capsys):
     assert "| RefLength |" in table and "BERTScore: F1, " in table
     main(args[:1] + ["--clip-model", "", "--bertscore-model", ""])
     assert "CLIPScore: skipped: turned off" in capsys.readouterr().out
+
+
+def test_report_shows_the_new_columns_compact_or_all(tmp_path):
+    import json
+
+    from captioning.metrics import ALL_KEYS
+    from captioning.report import report
+
+    run = tmp_path / "r"
+    run.mkdir()
+    test = {k: 0.5 for k in ALL_KEYS} | {"BERTScore": None, "Vocab": 7, "images": 2}
+    (run / "metrics.json").write_text(json.dumps({"test": test, "info": {"method": "m"}}))
+    (run / "predictions.csv").write_text("Image_Name,reference,prediction\na,Two Eggs,Two Eggs\nb,One Egg,Two Eggs\n")
+    compact = report(tmp_path)["table"]
+    assert "| RefCLIPScore | BERTScore | ExactMatch | Distinct |" in compact and "RefLength" not in compact
+    assert "| 0.500 | - | 0.500 | 0.500 |" in compact  # a skipped score shows as "-"
+    full = report(tmp_path, all_columns=True)["table"]
+    assert "| Vocab | Length | RefLength |" in full and "| 7 |" in full
+    page = (tmp_path / "gallery.html").read_text()
+    assert "RefCLIPScore 0.500" in page and "BERTScore" not in page.split("RefCLIPScore 0.500")[1].split("</th>")[0]
