@@ -35,7 +35,7 @@ def test_collapsed_run_is_logged_recorded_and_marked(tmp_path, capsys):
     rec = [SimpleNamespace(image_name=f"im{i}", title=t, references=[t])
            for i, t in enumerate(["Two Eggs on a Red Plate", "One Lime on a Blue Plate", "A Red Bowl of Four Olives",
                                   "Three Carrots on a Black Plate"])]
-    cfg = RunConfig(output_dir=str(tmp_path / "run"), preset="greedy", batch_size=2)
+    cfg = RunConfig(output_dir=str(tmp_path / "run"), preset="greedy", batch_size=2, clip_model="", bertscore_model="")
     run = Run(cfg, "constant captioner")
 
     def caption(model, batch, preset):  # the same title for everything but the first image
