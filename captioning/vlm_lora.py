@@ -248,19 +248,24 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
         if cache and records and data.exists() and meta.exists():
             info = json.loads(meta.read_text())
             kept = [records[i] for i in info["kept"]]
-            out[split] = ChatDataset(kept, info["prompts"], np.load(data, mmap_mode="r"))
+            out[split] = ChatDataset(kept, info["prompts"], np.load(data, mmap_mode="r")[: len(kept)])
             _skipped(split, info["failed"])
             continue
-        kept, prompts, feats, failed = [], [], [], []
-        batch = []
+        kept, prompts, failed, batch = [], [], [], []
+        arr, tmp = None, data.with_name(data.name + f".tmp{os.getpid()}")
 
         def flush():
+            nonlocal arr
             if batch:
                 p, f = encode_images(model, processor, [im for _, im in batch], question)
+                if cache and f is not None:  # written as they come: a 7B's features do not fit in memory
+                    if arr is None:
+                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                        shape=(len(records), *f[0].shape))
+                    for row, x in enumerate(f, start=len(kept)):
+                        arr[row] = x.float().cpu().numpy()
                 kept.extend(i for i, _ in batch)
                 prompts.extend(p)
-                if cache and f is not None:
-                    feats.extend(x.float().cpu().numpy().astype(np.float16) for x in f)
                 batch.clear()
 
         from tqdm.auto import tqdm
@@ -274,18 +279,15 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
                 flush()
         flush()
         _skipped(split, failed)
-        arr = None
-        if cache and feats:
-            arr = np.stack(feats)
-            tmp = data.with_name(data.name + f".tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        if arr is not None:
+            arr.flush()
+            del arr
             os.replace(tmp, data)
             tmp = meta.with_name(meta.name + f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({"kept": kept, "prompts": prompts, "failed": failed}))
-            os.replace(tmp, meta)  # the commit point
+            os.replace(tmp, meta)  # the commit point: features without their meta are never read
             arr = np.load(data, mmap_mode="r")
-        out[split] = ChatDataset([records[i] for i in kept], prompts, arr)
+        out[split] = ChatDataset([records[i] for i in kept], prompts, None if arr is None else arr[: len(kept)])
     return out
 
 
