@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -175,17 +176,39 @@ def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | N
             cells.append(_caption_cell(text, r["reference"]))
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{html.escape(x)}</th>" for x in ["image", "reference"]) + "".join(
-        f"<th>{html.escape(name)}<br><small>{html.escape(_summary(folders[name]))}</small></th>" for name in names)
+        f"<th>{html.escape(name)}<br><small>{html.escape(_summary(folders[name]))}</small>"
+        f"{_model_line(folders[name], out)}</th>" for name in names)
     page = f"""<!doctype html><meta charset=utf-8><title>Caption gallery</title>
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:middle}}
 table{{border-collapse:collapse}} .ref{{font-weight:bold}} .ok{{background:#e6f6e6}} .no{{background:#fbeaea}}
-.name{{font-family:monospace;font-size:small;color:#555}}</style>
+.name{{font-family:monospace;font-size:small;color:#555}} .model{{font-weight:normal;font-size:small}}</style>
 <h1>Test captions</h1><p>{len(shown)} of the {len(base)} test images, drawn at random (seed {seed}), sorted by
 name. Green: the prediction equals the reference (ignoring case).</p>
 <table><tr>{head}</tr>{''.join(rows)}</table>"""
     path = out / "gallery.html"
     path.write_text(page)
     return path
+
+
+def _model_line(run: Path, out: Path) -> str:
+    """Under a run's name in the gallery: its model's family and preset from best/'s captioner manifest
+    (nothing is loaded), with a link to the model card."""
+    from .captioner import read_manifest
+
+    try:
+        manifest = read_manifest(run / "best") if (run / "best").is_dir() else None
+    except UserError:
+        manifest = None
+    if manifest is None:
+        return ""
+    family, settings = manifest["family"], manifest["settings"]
+    card = run / "best" / "README.md"
+    link = ""
+    if card.exists():
+        href = os.path.relpath(card, out)
+        link = f' &middot; <a href="{html.escape(href)}">model card</a>'
+    preset = html.escape(str(settings.get("preset", "")))
+    return f"<div class=model>{html.escape(family)}{' &middot; ' + preset if preset else ''}{link}</div>"
 
 
 def _continues(runs: list[Path], configs: dict) -> dict:

@@ -220,6 +220,11 @@ def test_every_best_folder_has_a_model_card_that_works(runs, synth):
         assert reported["CIDEr (test)"] == round(metrics["test"]["CIDEr"], 4)
         assert f"python -m captioning.caption --model {run / 'best'}" in card.text
         assert "| lr | `0.003` |" in card.text and "hf_token" not in card.text
+    # the report's gallery names each run's family and preset and links its card
+    from captioning.report import gallery
+
+    page = gallery(list(runs.values()), runs["llama_lora"].parent, n=2).read_text()
+    assert "<div class=model>prefix-llm &middot; greedy &middot; <a href=\"llama_lora/best/README.md\">" in page
     # the "transformers alone" example of a ViT-GPT2 card runs as written and gives the toolkit's title
     run = runs["vit_gpt2_finetuned"]
     code = re.search(r"```python\n(.*?)```", (run / "best" / "README.md").read_text(), re.S).group(1)
