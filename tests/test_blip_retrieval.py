@@ -75,3 +75,31 @@ def test_baselines_never_read_the_test_titles(synth, tmp_path, one_thread):
     cap = load_captioner(tmp_path / f"consensus-{synth.name}", device="cpu")
     first = preds[0]["Image_Name"][0]
     assert cap.caption([load_image(synth / "images" / f"{first}.jpg")])[0].title in train
+
+
+def test_retrieved_prompt_shows_only_other_training_photos_titles(synth, tmp_path, one_thread):
+    """deepseek.py --prompt retrieved: a test photo that is also in train (same name, leaked) never sees its own
+    training title, and the examples do not depend on the test titles."""
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("_deepseek_retrieved", ROOT / "task2" / "deepseek.py")
+    deepseek = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deepseek)
+    test = pd.read_csv(synth / "test_data.csv", dtype=str, keep_default_na=False)
+    leaked = test["Image_Name"].iloc[0]
+    questions = []
+    for variant in ("a", "b"):
+        d = tmp_path / variant
+        d.mkdir()
+        shutil.copy(synth / "valid_data.csv", d / "valid_data.csv")
+        train = pd.read_csv(synth / "train_data.csv", dtype=str, keep_default_na=False)
+        pd.concat([train, pd.DataFrame([{"Title": "Leaked Title", "Image_Name": leaked}])]).to_csv(
+            d / "train_data.csv", index=False)
+        (test.assign(Title="Nothing on a Plate") if variant == "b" else test).to_csv(d / "test_data.csv", index=False)
+        cfg = SimpleNamespace(data_dir=str(d), images_dir=str(synth / "images"), dataset="", limit=0, shots=3,
+                              retrieval_encoder=str(synth / "models" / "vit"), hf_token="", workers=0,
+                              cache_dir=str(tmp_path / "cache"))
+        questions.append(deepseek.retrieved_questions(cfg, None))
+    assert questions[0] == questions[1] and leaked in questions[0]
+    assert "Leaked Title" not in questions[0][leaked] and "Nothing on a Plate" not in "".join(questions[1].values())
+    assert questions[0][leaked].count("\n- ") == 3
