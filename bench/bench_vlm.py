@@ -17,7 +17,7 @@ import time
 import torch
 
 
-def build(tmp, quick: bool = False):
+def build(quick: bool = False):
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -56,7 +56,7 @@ def run(quick: bool = False, images: int = 16, batch: int = 4, log=print) -> dic
 
     if quick:
         images, batch = 4, 2
-    model, processor, size = build(None, quick)
+    model, processor, size = build(quick)
     model = add_lora(model, "r16")
     rng = np.random.default_rng(0)
     pics = [Image.fromarray(rng.integers(0, 255, (size["image"], size["image"], 3), dtype=np.uint8))
