@@ -341,7 +341,7 @@ def test_browser_uploads_photos_and_reads_every_models_title(runs, synth, photos
         upload(dishes[0])
         wait.until(lambda b: titles() == expected[str(dishes[0])])
         browser.save_screenshot(str(tmp_path / "app.png"))
-        if os.environ.get("FOODCAP_SCREENSHOT"):  # how docs/app.png was made
+        if os.environ.get("FOODCAP_SCREENSHOT"):  # keep a copy of the picture there
             shutil.copy(tmp_path / "app.png", os.environ["FOODCAP_SCREENSHOT"])
         assert (tmp_path / "app.png").stat().st_size > 10_000
         notes = tmp_path / "notes.txt"
