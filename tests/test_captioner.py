@@ -89,6 +89,7 @@ def test_resolve_by_manifest_marker_and_model_type(tmp_path):
     ("unknown model type", ["'bert'", "no captioner family"]), ("run without best", ["without a best/"]),
     ("newer format", ["newer version"]), ("unknown family", ["unknown captioner family", "prefix-llm"]),
     ("damaged manifest", ["damaged"]), ("damaged config", ["damaged"]),
+    ("uncached hub id", ["someone/not-cached-model", "hf download"]),
 ])
 def test_what_is_not_a_captioner_gets_one_sentence(case, words, tmp_path):
     make = {
@@ -101,6 +102,7 @@ def test_what_is_not_a_captioner_gets_one_sentence(case, words, tmp_path):
         "unknown family": lambda: folder(tmp_path, "u", {C.MANIFEST: {"family": "telepathy", "format": 1}}),
         "damaged manifest": lambda: folder(tmp_path, "d", {C.MANIFEST: "{not json"}),
         "damaged config": lambda: folder(tmp_path, "c", {"config.json": "[1, 2"}),
+        "uncached hub id": lambda: "someone/not-cached-model",  # the suite runs offline
     }
     with pytest.raises(UserError) as e:
         C.load_captioner(str(make[case]()))
