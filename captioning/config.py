@@ -23,13 +23,22 @@ class UserError(Exception):
     """A problem with the user's input: printed as one sentence, exit code 2, no traceback."""
 
 
+def keep_compile_cache_in_ours() -> None:
+    """torch makes its compile cache ($TMPDIR/torchinductor_<user>) as soon as transformers is imported:
+    keep it in our cache folder, so a run writes only there and into its output folder. Called when this
+    module is imported (a script imports captioning before the modules that import transformers at
+    their top) and again by run_main."""
+    cache = os.environ.get("FOODCAP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "foodcap")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "torchinductor"))
+
+
+keep_compile_cache_in_ours()
+
+
 def run_main(fn, *args):
     """Call fn(*args); turn user errors into one line on stderr and exit code 2."""
     quiet_libraries()
-    # torch makes its compile cache ($TMPDIR/torchinductor_<user>) as soon as transformers imports it:
-    # keep it in our cache folder, so a run writes only there and into its output folder.
-    cache = os.environ.get("FOODCAP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "foodcap")
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "torchinductor"))
+    keep_compile_cache_in_ours()
     try:
         return fn(*args)
     except UserError as e:

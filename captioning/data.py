@@ -235,6 +235,17 @@ def data_folders(cfg) -> tuple[Path, Path]:
     return data, Path(cfg.images_dir) if cfg.images_dir else data / "images"
 
 
+def run_folders(settings: dict) -> tuple[Path | None, Path | None]:
+    """(data folder, images folder) a finished run read, from its config.json (`settings`), without
+    loading anything: --data-dir/--images-dir, or where --dataset was laid out (dataset_dir)."""
+    if settings.get("dataset"):
+        root = dataset_dir(str(settings["dataset"]), settings.get("cache_dir") or None)
+        return root, root / "images"
+    data = Path(settings["data_dir"]) if settings.get("data_dir") else None
+    images = settings.get("images_dir") or (data / "images" if data else None)
+    return data, Path(images) if images else None
+
+
 def split_records(cfg, split: str, check_images: bool = True):
     """Records of one split of whatever the config points at (--data-dir or --dataset): load_split."""
     data, images = data_folders(cfg)

@@ -273,14 +273,14 @@ def score_on_main(dataset, predictions) -> dict:
 def training_titles(cfg, datasets: dict) -> list[str] | None:
     """The training split's titles (for the novelty figure): from the loaded train split, else read
     from DATA_DIR/train_data.csv; None when there is none."""
-    from .data import read_csv, split_csv
+    from .data import data_folders, read_csv, split_csv
     from .text import normalize
 
     train = datasets.get("train")
     if train is not None and len(train):
         return [r.title for r in train.records]
-    try:
-        return [normalize(t) for t in read_csv(split_csv(cfg.data_dir, "train"))["Title"]]
+    try:  # --data-dir, or the layout of --dataset
+        return [normalize(t) for t in read_csv(split_csv(data_folders(cfg)[0], "train"))["Title"]]
     except UserError:
         return None
 

@@ -385,11 +385,11 @@ def _images_and_titles(path, names, images_dir: str, train_csv: str):
     from pathlib import Path
 
     from .config import UserError
-    from .data import Record, read_csv, resolve_image
+    from .data import Record, read_csv, resolve_image, run_folders
 
     run = _run_settings(path)
-    folder = images_dir or run.get("images_dir") or (str(Path(run["data_dir"]) / "images") if run.get("data_dir")
-                                                     else "")
+    run_data, run_images = run_folders(run)  # --data-dir/--images-dir of the run, or its --dataset layout
+    folder = images_dir or str(run_images or "")
     records = None
     if folder and Path(folder).is_dir() and None not in names:
         records = [Record(n, "", resolve_image(folder, n)) for n in names]
@@ -398,7 +398,7 @@ def _images_and_titles(path, names, images_dir: str, train_csv: str):
             print(f"warning: {missing} of {len(records)} images of {path} are not in {folder}.", file=sys.stderr)
     elif images_dir:
         raise UserError(f"images folder {images_dir} does not exist.")
-    train = train_csv or (str(Path(run["data_dir"]) / "train_data.csv") if run.get("data_dir") else "")
+    train = train_csv or (str(run_data / "train_data.csv") if run_data else "")
     titles = None
     if train:
         try:

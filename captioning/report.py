@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .config import UserError, run_main
-from .data import dataset_dir, read_csv
+from .data import read_csv, run_folders
 from .metrics import ALL_KEYS, COMPACT_KEYS
 
 
@@ -156,10 +156,8 @@ def gallery(runs: list[Path], out: Path, n: int = 16, seed: int = 0) -> Path | N
         preds[run.name] = df.drop_duplicates("Image_Name").set_index("Image_Name")
         folders[run.name] = run
         cfg = _read_json(run / "config.json", {})
-        if images_dir is None and cfg.get("dataset"):  # laid out in the cache (data.dataset_dir)
-            images_dir = dataset_dir(str(cfg["dataset"]), cfg.get("cache_dir") or None) / "images"
-        elif images_dir is None and cfg.get("data_dir"):
-            images_dir = Path(cfg.get("images_dir") or Path(cfg["data_dir"]) / "images")
+        if images_dir is None:
+            images_dir = run_folders(cfg)[1]  # --images-dir, DATA_DIR/images, or the --dataset layout's
     if not preds:
         return None
     base = next(iter(preds.values()))

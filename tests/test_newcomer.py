@@ -63,7 +63,8 @@ def test_dataset_gives_the_records_split_and_metrics_of_the_csv_folder(synth, tm
               "--max-new-tokens", "6", "--workers", "0"]
     a = task1_1.main(common + ["--dataset", str(hub), "--output-dir", str(tmp_path / "a")])
     b = task1_1.main(common + ["--data-dir", str(synth), "--output-dir", str(tmp_path / "b")])
-    assert a == b and a["test"]["images"] == 12
+    diff = {(s, k): (a[s][k], b[s].get(k)) for s in a for k in a[s] if a[s][k] != b[s].get(k)}
+    assert a == b and a["test"]["images"] == 12, diff
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     # the report finds a --dataset run's images for its gallery
     from captioning.report import gallery
