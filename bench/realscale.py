@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ CASES = {
     "vit-gpt2-scst": ("task1/vit_gpt2_finetuned_RL.py", "vit-gpt2", ["--samples", "2"]),
     "llama-1b": ("task2/train.py", "llama-1b", ["--llm-dtype", "bfloat16"]),
     "llama-3b": ("task2/train.py", "llama-3b", ["--llm-dtype", "bfloat16"]),
+    "blip-base": ("task1/blip.py", "blip-base", ["--lora", "r16"]),
     "deepseek-vl-1.3b": ("task2/deepseek.py", "deepseek-vl-1.3b", ["--dtype", "bfloat16"]),
 }
 
@@ -151,7 +151,62 @@ def build(kind: str, out: Path, quick: bool) -> dict:
         return {"parameters": model.num_parameters(), "vocabulary": len(tok), "eos": tok.eos_token_id}
     if kind == "deepseek-vl-1.3b":
         return build_deepseek(out, quick)
+    if kind == "blip-base":
+        return build_blip(out, quick)
     raise ValueError(kind)
+
+
+def bert_tokenizer(quick: bool = False):
+    """BLIP's tokenizer conventions (Salesforce/blip-image-captioning-base): BERT's WordPiece ids ([PAD] 0,
+    [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, 30,522 ids) + [DEC] 30522 (captions start from it) and
+    [ENC] 30523: 30,524 ids; [CLS] text [SEP]."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer, wp.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    wp.train_from_iterator(TEXTS, trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[UNK]"]))
+    size = 1000 if quick else 30522
+    fixed = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+    free = (i for i in range(size) if i not in fixed.values())
+    vocab = dict(fixed)
+    for t in sorted(wp.get_vocab(), key=wp.get_vocab().get):
+        if t not in vocab:
+            vocab[t] = next(free)
+    vocab.update({f"[unused{i}]": i for i in free})
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = wp.normalizer, wp.pre_tokenizer, decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"])
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]", bos_token="[DEC]")
+    assert fast.bos_token_id == size and len(fast) == size + 2
+    return fast
+
+
+def build_blip(out: Path, quick: bool) -> dict:
+    """Salesforce/blip-image-captioning-base: ViT-B/16 at 384 px + a 12-layer BERT-base text decoder with
+    cross-attention, vocabulary 30,524, bos = [DEC], eos = sep = [SEP], pad = [PAD]."""
+    import torch
+    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor,
+                              BlipTextConfig, BlipVisionConfig)
+
+    tok = bert_tokenizer(quick)
+    ids = dict(bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
+               pad_token_id=tok.pad_token_id)
+    image = 32 if quick else 384
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2) if quick else {}
+    text = BlipTextConfig(vocab_size=len(tok), encoder_hidden_size=64 if quick else 768, **small, **ids)
+    vision = BlipVisionConfig(image_size=image, patch_size=8 if quick else 16, initializer_range=0.02, **small)
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(out)
+    BlipProcessor(BlipImageProcessorPil(size={"height": image, "width": image}), tok).save_pretrained(out)
+    return {"parameters": model.num_parameters(), "vocabulary": len(tok), "bos": tok.bos_token_id,
+            "eos": tok.sep_token_id}
 
 
 def build_deepseek(out: Path, quick: bool) -> dict:
@@ -206,7 +261,7 @@ def run_case(name: str, work: Path, quick: bool, gpu: bool = False) -> dict:
     out = work / "runs" / name
     common = ["--data-dir", data, "--output-dir", out, "--cache-dir", work / "cache", "--workers", "0",
               "--preset", "greedy", "--max-new-tokens", "4", "--overwrite"]
-    if script.startswith("task1/vit_gpt2_finetuned"):
+    if script.startswith("task1/vit_gpt2_finetuned") or script == "task1/blip.py":
         args = ["--model", models / kind, "--epochs", "1", "--batch-size", "2", "--patience", "0", "--limit",
                 str(IMAGES)]
     elif script == "task2/train.py":  # one step at batch 2: a step of the 3B model takes a minute on 2 cores
@@ -242,15 +297,24 @@ def case_main(script: str, argv: list[str]) -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    seen = {"rss_start_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
-    from captioning import engine
-
-    real_fit, real_save_best = engine.fit, engine.save_best
     page = os.sysconf("SC_PAGE_SIZE")
 
     def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * page
+
+    seen = {"rss_start_gib": round(rss() / 2 ** 30, 3)}  # after the imports, before the recipe
+    whole, stop = [0], threading.Event()  # this process's own peak (ru_maxrss would include the parent's
+    #                                       pages it shared before exec)
+
+    def watch_all():
+        while not stop.wait(0.02):
+            whole[0] = max(whole[0], rss())
+
+    threading.Thread(target=watch_all, daemon=True).start()
+    from captioning import engine
+
+    real_fit, real_save_best = engine.fit, engine.save_best
 
     def fit(run, cfg, recipe, datasets, accelerator):  # what trains, its memory, FLOPs and time
         model, loss = recipe.model, recipe.loss
@@ -317,7 +381,7 @@ def case_main(script: str, argv: list[str]) -> None:
                                    "pad": tok.pad_token_id}
     preds = (out / "predictions.csv").read_text().splitlines()
     seen.update(seconds_in_recipe=round(time.perf_counter() - t0, 1),
-                peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+                peak_rss_gib=round(max(whole[0], rss()) / 2 ** 30, 2),
                 test_images=metrics["test"].get("images", len(preds) - 1), predictions=len(preds) - 1,
                 cache_files=len(list(Path(argv[argv.index("--cache-dir") + 1]).glob("*.npy"))))
     print(json.dumps(seen))
@@ -361,7 +425,7 @@ def main(argv=None):
             results.append(r)
             print(json.dumps(r), flush=True)
             for k in list(built):  # one big model on disk at a time
-                if k.startswith("llama") or k.startswith("deepseek"):
+                if k.startswith(("llama", "deepseek", "blip")):
                     import shutil
 
                     shutil.rmtree(work / "models" / k, ignore_errors=True)
@@ -376,7 +440,7 @@ def main(argv=None):
 
 KAGGLE_TRAIN = 10_800  # images in the Kaggle training split (80% of 13,500), as bench/gpu.sh
 DEFAULT_BATCH = {"vit-gpt2": 32, "vit-gpt2-frozen": 32, "vit-gpt2-scst": 32, "llama-1b": 16, "llama-3b": 16,
-                 "deepseek-vl-1.3b": 8}
+                 "blip-base": 16, "deepseek-vl-1.3b": 8}
 GPU_BF16_FLOPS, UTILISATION = 312e12, 0.4  # an A100's dense bf16 rate, and the share a training step reaches
 
 

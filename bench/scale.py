@@ -114,7 +114,7 @@ def memory_worker(data_dir: str, vit_dir: str, n: str, cache_dir: str, out: str)
     from captioning.data import load_split
     from captioning.prefix_llm import load_vision
 
-    records = load_split(data_dir, "train", check_images=False)[0][: int(n)]
+    records = load_split(data_dir, "train")[0][: int(n)]
     encoder, processor = load_vision(vit_dir)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
