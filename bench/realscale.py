@@ -448,8 +448,9 @@ def hardware(r: dict) -> dict:
     """A recipe's figures at real size on a GPU in bf16 at its default batch, derived from the CPU run:
     parameters trained (counted); memory = weights (fp32, 4 B per parameter; deepseek bf16, 2 B) +
     gradients (4 B per trained parameter) + AdamW state (8 B) + autocast's bf16 copies of trained
-    weights (2 B) + activations (the CPU run's growth of RSS during training, less gradients and AdamW
-    state, per image, times the default batch, halved for bf16); epoch time = forward FLOPs per image
+    weights (2 B) + activations (the CPU run's peak RSS during training less the libraries, weights,
+    gradients and AdamW state, per image, times the default batch, halved for bf16 when the CPU run was
+    in fp32: an upper bound); epoch time = forward FLOPs per image
     counted on the CPU x 3 (forward + backward) x 10,800 images / (312 TFLOP/s x 40%)."""
     gib = 2 ** 30
     batch = DEFAULT_BATCH[r["case"]]
@@ -459,9 +460,15 @@ def hardware(r: dict) -> dict:
         return {"trained": 0, "memory_gib": (weights + act) / gib, "epoch_min": None, "batch": batch}
     trained, total = r["trainable"], r["total"]
     state = 4 * trained + 8 * trained
-    grew = max(0.0, (r["rss_peak_in_fit_gib"] - r["rss_at_fit_start_gib"]) * gib - state)
+    bf16_on_cpu = "bfloat16" in CASES[r["case"]][2]  # these CPU runs held bf16 weights: activations already bf16
+    # The CPU run's peak during training less what is not activations: the interpreter and libraries (RSS
+    # before the recipe, or at the start of training if lower), the weights (loaded lazily from the file,
+    # so they become resident during training) and gradients + AdamW state. An upper bound: the peak also
+    # holds allocator slack.
+    base = min(r["rss_start_gib"], r["rss_at_fit_start_gib"]) * gib
+    grew = max(0.0, r["rss_peak_in_fit_gib"] * gib - base - total * (2 if bf16_on_cpu else 4) - state)
     samples = 5 / 2 if r["case"].endswith("scst") else 1  # SCST: 5 samples per image by default, 2 here
-    act = grew / r["batch"] * batch * samples / 2
+    act = grew / r["batch"] * batch * samples / (1 if bf16_on_cpu else 2)
     memory = 4 * total + state + 2 * trained + act
     epoch = r.get("forward_gflop_per_image", 0) * 1e9 * 3 * KAGGLE_TRAIN / (GPU_BF16_FLOPS * UTILISATION) / 60
     return {"trained": trained, "memory_gib": memory / gib, "epoch_min": epoch, "batch": batch}
