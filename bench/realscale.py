@@ -481,7 +481,8 @@ def table(results) -> str:
         if not r["ok"]:
             rows.append(f"| {r['case']} | {r['model'].get('parameters', 0) / 1e6:,.0f}M | | | | | FAILED |")
             continue
-        checks = f"best/ written and reloaded, {r['predictions']} test captions"
+        checks = (f"best/ written and reloaded, {r['predictions']} test captions" if "trainable" in r
+                  else f"zero-shot, {r['predictions']} test captions")
         rows.append(f"| {r['case']} | {r['model']['parameters'] / 1e6:,.0f}M | {r.get('trainable', 0) / 1e6:,.2f}M | "
                     f"{r.get('train_images', '-')} | {r.get('train_seconds', '-')} s | {r['peak_rss_gib']:.1f} GiB | "
                     f"{checks} |")
