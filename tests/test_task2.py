@@ -61,7 +61,7 @@ def new_captioner(synth, pool="none", seed=0):
 
 @pytest.fixture(scope="module")
 def trained(synth, features):
-    """A captioner overfitted on 8 images of distinct captions (a short training: ~150 small steps)."""
+    """A captioner overfitted on 8 images of distinct captions (a short training: 300 small steps)."""
     arr, kept = features
     picked, seen = [], set()
     for i, r in enumerate(kept):
@@ -73,9 +73,9 @@ def trained(synth, features):
     feats = torch.from_numpy(np.array(arr[picked]))
     caps = [kept[i].title for i in picked]
     model = new_captioner(synth)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
-    for _ in range(150):
+    for _ in range(300):
         loss = model(feats, caps)
         loss.backward()
         opt.step()
