@@ -17,7 +17,7 @@ Data: synthetic dishes saved as JPEGs at the Kaggle photos' 274x169 px (bench_tr
             first epoch, reported apart), batched sequence assembly, logits only on the caption's
             positions, bf16 autocast when the CPU computes bf16 natively, fused AdamW, greedy batched
             validation captioning every epoch, a checkpoint every epoch
-  original  bench/baselines/original.py: decode + image processor per item, no workers, the frozen
+  original  bench/original.py: decode + image processor per item, no workers, the frozen
             encoder run on every step, AnyModal's per-sample assembly with logits at every position,
             full precision; validation loss plus 5 captions one image at a time, every epoch
 Each side runs EPOCHS epochs and its faster epoch counts (as in bench_train).
@@ -193,7 +193,7 @@ def original_epoch(vit: Path, llama: Path, data: Path, size: Size) -> dict:
     """size.epochs epochs the AnyModal way (training pass + validation); the faster one's wall time."""
     import torch
 
-    from baselines.original import anymodal_epoch, anymodal_validation, train_loader
+    from original import anymodal_epoch, anymodal_validation, train_loader
     from bench_train import timed_epochs
     from captioning.data import load_split
 

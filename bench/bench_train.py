@@ -1,4 +1,4 @@
-"""ViT-GPT2 training and evaluation speed: this project against the original's approach (bench/baselines).
+"""ViT-GPT2 training and evaluation speed: this project against the original's approach (bench/original.py).
 
     python bench/bench_train.py            # about 5 minutes on 2 quiet cores
     python bench/bench_train.py --quick    # a tiny model: checks the plumbing in seconds
@@ -14,7 +14,7 @@ Both sides start from the same weights and train on the same images with the sam
             cache (or, with --freeze vit, the frozen encoder's feature cache), DataLoader workers,
             fused AdamW, greedy batched validation every epoch, checkpoint every epoch, and bf16
             autocast when the CPU computes bf16 natively (--mixed-precision bf16; fp32 otherwise)
-  original  bench/baselines/original.py: decode + image processor per item, no workers, full
+  original  bench/original.py: decode + image processor per item, no workers, full
             precision, beam-search validation one image at a time after every epoch
 An epoch is the training pass plus that epoch's validation (captioning + scoring) on both sides;
 ours also pays its checkpoint. Each side runs EPOCHS epochs from the same weights and its faster
@@ -242,7 +242,7 @@ def original_epoch(model_dir: Path, data: Path, size: Size, freeze: str) -> dict
     """size.epochs epochs the original's way (training pass + validation); the faster one's wall time."""
     import torch
 
-    from baselines.original import caption_one_at_a_time, train_epoch, train_loader
+    from original import caption_one_at_a_time, train_epoch, train_loader
     from captioning.data import load_split
     from captioning.metrics import evaluate_captions
     from captioning.models import freeze as apply_freeze
@@ -279,7 +279,7 @@ def timed_epochs(n: int, train_pass, validate) -> dict:
 
 
 def original_eval(model_dir: Path, data: Path, size: Size) -> dict:
-    from baselines.original import caption_one_at_a_time
+    from original import caption_one_at_a_time
     from captioning.data import load_split
     from captioning.models import load_vit_gpt2
 

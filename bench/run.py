@@ -118,7 +118,7 @@ def per_caption_reward(reward: dict, quick: bool = False) -> dict:
     step (32 images x (5 samples + 1 greedy)); its share of the step measured by bench_reward."""
     import numpy as np
 
-    from baselines.original import per_caption_rewards
+    from original import per_caption_rewards
     from captioning.metrics import get_meteor
     from captioning.synthetic import CONTAINER_COLOURS, FOODS, caption_for
 
@@ -319,7 +319,7 @@ def write(result: dict, out: Path) -> None:
           f"{info['machine']['cores']} cores, torch {info['machine']['torch']}; load {load}; "
           f"{info['total_seconds'] / 60:.1f} minutes.", "",
           "Each ratio is measured side by side in this one run, on the same data, model size and machine, "
-          "against a re-creation of the original's approach (`bench/baselines/original.py`: decode and image "
+          "against a re-creation of the original's approach (`bench/original.py`: decode and image "
           "processor per item in `__getitem__`, no workers, full precision, beam-search validation one "
           "image at a time every epoch; one-image-at-a-time captioning; one reward call per caption). "
           "On a shared machine the figures move by tens of percent between runs.", "",

@@ -98,7 +98,7 @@ def test_finetune_freeze_vit_uses_the_feature_cache(synth, tmp_path):
 
 
 def test_baseline_sees_the_same_pixels_as_the_cache(synth, tmp_path):
-    from baselines.original import PerItemDataset
+    from original import PerItemDataset
 
     cfg = config(synth, tmp_path, limit=6)
     _, processor, _ = load_vit_gpt2(cfg.model)
@@ -117,7 +117,7 @@ def test_anymodal_baseline_computes_our_task2_loss(synth):
     loss, with the same gradients, as our batched captioner: its ratio times one computation two ways."""
     sys.path.insert(0, str(ROOT / "task2"))
     from anymodal import AnyModalCaptioner
-    from baselines.original import anymodal_loss
+    from original import anymodal_loss
     from llm import add_peft, get_llm
     from vision import Projector
 
