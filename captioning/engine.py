@@ -201,6 +201,12 @@ def make_accelerator(cfg, project_dir=None):
     # only when accelerate is told cpu=True; otherwise each would train alone on all the data.
     join = distributed.init_kwargs(cfg)
     distributed.state(cfg)  # the caches may have started it already; the same settings either way
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mp:
+        # a later run in the same process (the demo's stages, a notebook, the tests) with another precision:
+        # accelerate keeps one per process and refuses a change; the process group (PartialState) stays
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         mixed_precision=mp, gradient_accumulation_steps=getattr(cfg, "grad_accum", 1),
         dataloader_config=DataLoaderConfiguration(split_batches=True), cpu=join["cpu"],
