@@ -17,7 +17,6 @@ import math
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
 
 from .distributed import global_mean
 from .tokens import encode_targets
@@ -95,6 +94,10 @@ def scheduled_sampling_loss(model, encoder_outputs, labels, mask, ratio: float, 
     cfg = getattr(model, "module", model).config
     start_id = cfg.decoder_start_token_id if start_id is None else start_id
     pad_id = cfg.pad_token_id if pad_id is None else pad_id
+    # imported here: the modelling module pulls in torch._dynamo and sympy (~2 s), which a script that
+    # stops at a bad argument should not pay
+    from transformers.models.vision_encoder_decoder.modeling_vision_encoder_decoder import shift_tokens_right
+
     inputs = shift_tokens_right(labels, pad_id, start_id)  # the model's own shift: start token, -100 -> pad
     if ratio < 1.0:
         with torch.no_grad():
