@@ -40,8 +40,10 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) demo.py
 
+# Two workers (pytest-xdist), one thread each: most tests are single-threaded tiny models or launch a script,
+# so two at a time use both cores without the two threads of each torch fighting over them.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 bench: setup
 	$(PY) bench/run.py
