@@ -460,7 +460,8 @@ def build_tiny_blip(out_dir, tokenizer=None, image_size: int = SIZE, patch: int 
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=False)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(all_captions(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    wp.train_from_iterator(all_captions(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
+                                                                     show_progress=False))
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -498,7 +499,7 @@ def clip_tokenizer(texts, vocab_size: int = 300):
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     specials = ["<|startoftext|>", "<|endoftext|>"]
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                       end_of_word_suffix="</w>"))
+                                                       end_of_word_suffix="</w>", show_progress=False))
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return CLIPTokenizer(vocab=model["vocab"], merges=merges, pad_token="<|endoftext|>")
@@ -584,7 +585,8 @@ def build_tiny_bert(out_dir, tokenizer=None, baseline_pairs: int = 400, seed: in
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
+                                                                     show_progress=False))
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
