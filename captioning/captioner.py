@@ -109,11 +109,16 @@ class Captioner:
 
 
 def default_device(device=None):
-    """`device` if given, else the GPU when there is one, else the CPU."""
+    """`device` if given, else the GPU when there is one, else the CPU. Under a launcher with several
+    processes (accelerate launch, torchrun) "cuda" and the default GPU mean this process's own,
+    cuda:LOCAL_RANK, where accelerate places it (read from the launcher's environment: this leaf module
+    imports nothing of torch.distributed)."""
     import torch
 
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                         else "cpu")
+    d = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.type == "cuda" and d.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        d = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return d
 
 
 def display_name(source) -> str:
