@@ -16,6 +16,10 @@ Prints `path: title` (one line per model when there are several) and, with --out
 path, one column of titles per model and, with --top-k, a column per model of the k best
 alternatives with their scores as JSON ([[title, score], ...]; the score is the mean
 log-probability per token, 0 = certain).
+
+Under `accelerate launch --num_processes N` (or torchrun) each process takes every N-th run of
+--batch-size files on its own GPU, and the main process alone prints and writes them, in the order of
+one process (see caption_paths).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from .config import UserError, hf_token, run_main
@@ -171,7 +176,7 @@ class CsvOut:
     an interrupted run never leaves a half file under the name, and an existing file is never replaced
     unless --overwrite."""
 
-    def __init__(self, path: str | None, header: list[str], overwrite: bool):
+    def __init__(self, path: str | None, header: list[str], overwrite: bool, write: bool = True):
         self.path = Path(path) if path else None
         if self.path is None:
             return
@@ -179,6 +184,9 @@ class CsvOut:
             raise UserError(f"--out {self.path} is a folder; pass a file name such as titles.csv.")
         if self.path.exists() and not overwrite:
             raise UserError(f"{self.path} already exists; pass --overwrite to replace it or choose another --out.")
+        if not write:  # checked by every process (each stops with the same sentence), written by the main one
+            self.path = None
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
@@ -202,43 +210,85 @@ class CsvOut:
             self.tmp.unlink(missing_ok=True)
 
 
+def caption_batch(captioners, batch, preset, top_k, max_new_tokens) -> list[tuple[str, list[str], list[str]]]:
+    """(path, title per model, top-k JSON per model) of each image of one batch of (item, image)."""
+    images = [im for _, im in batch]
+    results = [c.caption(images, preset=preset, top_k=top_k, max_new_tokens=max_new_tokens) for c in captioners]
+    return [(str(item.path), [r[i].title for r in results],
+             [json.dumps([[t, s] for t, s in r[i].alternatives]) for r in results] if top_k else [])
+            for i, (item, _) in enumerate(batch)]
+
+
 def caption_paths(captioners, paths, recursive=False, batch_size=32, preset=None, top_k=0, max_new_tokens=None,
                   out=None, overwrite=False, echo=print, progress=True) -> dict:
     """Caption every image the paths name with every captioner, a batch at a time; returns
-    {"captioned": n, "skipped": [(path, reason)], "titles": {path: [title per model]}}."""
+    {"captioned": n, "skipped": [(path, reason)], "titles": {path: [title per model]}}.
+
+    Under a launcher with N processes the files are dealt in runs of batch_size (without a skip, one
+    process's batches): run i to process i mod N, which decodes and captions only its own; after each
+    round of N runs every process gathers the rounds' titles and skips (a few strings), and the main
+    process alone prints them and writes the CSV, in file order, each once. Every process returns the
+    whole result."""
     from tqdm.auto import tqdm
+
+    from . import distributed
 
     heic = heic_plugin()
     names = column_names(captioners)
     header = ["path"] + names + ([f"{n} top-{top_k}" for n in names] if top_k else [])
     if out is not None and any(os.path.realpath(out) == os.path.realpath(p) for p in paths):
         raise UserError(f"--out {out} is one of the inputs; choose another file.")
-    sink = CsvOut(out, header, overwrite)
+    if distributed.launched():
+        distributed.state()  # join the other processes (gloo on a machine without a GPU)
+    rank, world = distributed.rank_and_world()
+    main = rank == 0
+    sink = CsvOut(out, header, overwrite, write=main)
     skipped, titles = [], {}
 
-    def on_skip(item, why):
-        skipped.append((str(item.path), why))
-        print(f"skipped {printable(item.path)}: {why}", file=sys.stderr)
+    def on_skip(path: str, why: str):
+        skipped.append((path, why))
+        if main:
+            print(f"skipped {printable(Path(path))}: {why}", file=sys.stderr)
 
-    bar = tqdm(desc="captioning", unit="img", disable=not progress, leave=False, mininterval=1, file=sys.stderr)
+    def on_titles(path: str, caps: list[str], alts: list[str]):
+        titles[path] = caps
+        if not main:
+            return
+        shown = printable(Path(path))
+        if len(caps) == 1:
+            echo(f"{shown}: {caps[0]}")
+        else:
+            for name, title in zip(names, caps):
+                echo(f"{shown} [{name}]: {title}")
+        sink.row([path, *caps, *alts])
+
+    bar = tqdm(desc="captioning", unit="img", disable=not (progress and main), leave=False, mininterval=1,
+               file=sys.stderr)
     try:
-        for batch in batches(find_images(paths, recursive), batch_size, heic, on_skip):
-            images = [im for _, im in batch]
-            results = [c.caption(images, preset=preset, top_k=top_k, max_new_tokens=max_new_tokens)
-                       for c in captioners]
-            for i, (item, _) in enumerate(batch):
-                caps = [r[i] for r in results]
-                shown = printable(item.path)
-                if len(caps) == 1:
-                    echo(f"{shown}: {caps[0].title}")
-                else:
-                    for name, c in zip(names, caps):
-                        echo(f"{shown} [{name}]: {c.title}")
-                titles[str(item.path)] = [c.title for c in caps]
-                alts = [json.dumps([[t, s] for t, s in c.alternatives]) for c in caps] if top_k else []
-                sink.row([str(item.path), *[c.title for c in caps], *alts])
-            bar.update(len(batch))
-            del images, batch  # only one batch of decoded images is ever held
+        if world == 1:
+            for batch in batches(find_images(paths, recursive), batch_size, heic,
+                                 lambda item, why: on_skip(str(item.path), why)):
+                for row in caption_batch(captioners, batch, preset, top_k, max_new_tokens):
+                    on_titles(*row)
+                bar.update(len(batch))
+                del batch  # only one batch of decoded images is ever held
+        else:
+            files = find_images(paths, recursive)
+            while True:
+                deal = list(islice(files, batch_size * world))  # one round: a run of batch_size files each
+                events = []  # this process's skips and titles, in file order
+                for batch in batches(deal[rank * batch_size:(rank + 1) * batch_size], batch_size, heic,
+                                     lambda item, why: events.append(("skip", str(item.path), why))):
+                    events += [("titles", *row) for row in caption_batch(captioners, batch, preset, top_k,
+                                                                         max_new_tokens)]
+                    del batch
+                rounds = distributed.gather([(bool(deal), events)])
+                for _, part in rounds:
+                    for kind, *fields in part:
+                        (on_skip if kind == "skip" else on_titles)(*fields)
+                    bar.update(sum(kind == "titles" for kind, *_ in part))
+                if not any(more for more, _ in rounds):  # every process walked to the end of the files
+                    break
     except BaseException:
         sink.finish(keep=False)
         raise
@@ -287,7 +337,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(PRESETS), help="decoding for every model (default: each model's own)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest title in tokens (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one; under accelerate "
+                                         "launch, cuda is each process's own GPU)")
     p.add_argument("--hf-token", default="", help="token for gated hub models (default: $HF_TOKEN); never printed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -297,22 +348,27 @@ def main(argv=None) -> dict:
     a = parser().parse_args(argv)
     if a.batch_size < 1 or a.top_k < 0 or (a.max_new_tokens is not None and a.max_new_tokens < 1):
         raise UserError("--batch-size and --max-new-tokens must be at least 1, --top-k at least 0.")
+    from . import distributed
     from .captioner import load_captioner
 
     token = hf_token(a.hf_token)
+    # under a launcher every process joins the others, then loads each model on its own GPU (default_device)
+    main_process = distributed.state().is_main_process if distributed.launched() else True
     captioners = [load_captioner(m, token, a.device) for m in a.model]
     for c in captioners:
         d = c.describe()
-        print(f"{c.name}: {d['family']}, {d['parameters']:,} parameters, preset {a.preset or c.preset}",
-              file=sys.stderr)
+        if main_process:
+            print(f"{c.name}: {d['family']}, {d['parameters']:,} parameters, preset {a.preset or c.preset}",
+                  file=sys.stderr)
     result = caption_paths(captioners, a.paths, a.recursive, a.batch_size, a.preset, a.top_k, a.max_new_tokens,
                            a.out, a.overwrite, progress=not a.quiet)
     n, skipped = result["captioned"], result["skipped"]
     if n == 0:
         raise UserError("nothing to caption: " + ("no file could be read as an image (skips named above)."
                                                   if skipped else "the paths hold no files."))
-    print(f"captioned {n} image(s)" + (f", skipped {len(skipped)}" if skipped else "")
-          + (f"; titles written to {a.out}" if a.out else ""), file=sys.stderr)
+    if main_process:
+        print(f"captioned {n} image(s)" + (f", skipped {len(skipped)}" if skipped else "")
+              + (f"; titles written to {a.out}" if a.out else ""), file=sys.stderr)
     return result
 
 

@@ -86,6 +86,9 @@ def test_caption_command_reproduces_every_trained_runs_predictions(runs, synth, 
         want = pd.read_csv(run / "predictions.csv", dtype=str, keep_default_na=False).prediction
         assert list(got[name]) == list(want), name
     assert f"{paths[0]} [llama_lora]: {got.llama_lora[0]}" in stdout.splitlines()
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # one process (no launcher): nothing of torch.distributed is started
 
 
 def test_a_chat_vlm_gives_the_titles_of_its_zero_shot_run(synth, tmp_path):

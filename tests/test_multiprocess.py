@@ -4,8 +4,9 @@
 averages the gradients, so the two runs see the same data in the same order and take the same steps;
 a loss averages over both processes' caption tokens (distributed.global_mean), and SCST's samples
 are seeded per image. Validation and test are split into contiguous shares of whole batches and
-gathered in order. The tiny models' dropout is switched off for this test (two processes draw
-different dropout masks than one). All jobs of one side run in one process (pair):
+gathered in order; the caption command deals its files round-robin in runs of --batch-size. The
+tiny models' dropout is switched off for this test (two processes draw different dropout masks than
+one). All jobs of one side run in one process (pair):
 tests/multiprocess_driver.py, so the imports are paid once.
 """
 import json
@@ -63,9 +64,22 @@ def read_log(out):
     return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
 
 
-def plan(models: dict, synth: Path, out: Path, cache: Path, trained_task2: Path) -> list[dict]:
-    """The jobs both runs make: three trainers (loss averaged over every process's tokens or samples)
-    and three captioners (each process a share of the batches), on tiny data, dropout off."""
+def photos(synth: Path, folder: Path) -> Path:
+    """A folder for the caption command: 18 test images, then 2 files it skips (last, so that one process
+    and two form the same batches: a skip shifts one process's later batches, and batch size can change a
+    title by rounding)."""
+    folder.mkdir()
+    for f in sorted((synth / "images").glob("*.jpg"))[:18]:
+        shutil.copy(f, folder / f.name)
+    (folder / "zz-empty.jpg").write_bytes(b"")
+    (folder / "zz-text.jpg").write_text("Title,Image_Name\nnot,a picture\n")
+    return folder
+
+
+def plan(models: dict, synth: Path, out: Path, cache: Path, trained: Path, folder: Path) -> list[dict]:
+    """The jobs both runs make: three trainers (loss averaged over every process's tokens or samples),
+    three captioners (each process a share of the batches) and the caption command over `folder`, on tiny
+    data, dropout off. The captioners that read a trained run read the one-process side's (`trained`)."""
     common = ["--data-dir", synth, "--cache-dir", cache, "--workers", "0", "--preset", "greedy",
               "--max-new-tokens", "8", "--batch-size", "8", "--seed", "5"]
     train = ["--mixed-precision", "no", "--patience", "0", "--limit", "24"]
@@ -78,11 +92,14 @@ def plan(models: dict, synth: Path, out: Path, cache: Path, trained_task2: Path)
         "task2": ("task2/train.py", ["--model", models["llama"], "--vision-model", models["vit"], "--pool", "mean",
                                      "--epochs", "1", "--lr", "3e-3", *train]),
         "task1_1": ("task1/task1_1.py", ["--model", vg, "--limit", "24"]),
-        "inferllama": ("task2/inferllama.py", ["--run", trained_task2, "--split", "both", "--limit", "24"]),
+        "inferllama": ("task2/inferllama.py", ["--run", trained / "task2", "--split", "both", "--limit", "24"]),
         "deepseek": ("task2/deepseek.py", ["--model", models["deepseek-vl"], "--limit", "24"]),
     }
+    caption = ["--model", trained / "full", folder, "--out", out / "titles.csv", "--batch-size", "4", "--top-k", "2",
+               "--preset", "greedy", "--max-new-tokens", "8", "--quiet"]
     return [{"name": name, "script": script, "args": [str(a) for a in [*args, *common, "--output-dir", out / name]]}
-            for name, (script, args) in jobs.items()]
+            for name, (script, args) in jobs.items()] + [
+        {"name": "caption", "module": "captioning.caption", "args": [str(a) for a in caption]}]
 
 
 def cache_work(text: str) -> dict:
@@ -104,15 +121,17 @@ def test_two_processes_match_one(no_dropout_model, synth, tmp_path):
     models = {name: synth / "models" / name for name in ("llama", "vit", "deepseek-vl")}
     models["vit-gpt2"] = no_dropout_model
     one, two = tmp_path / "one", tmp_path / "two"
+    folder = photos(synth, tmp_path / "photos")
     for side in (one, two):
         side.mkdir()
-        jobs = plan(models, synth, side / "runs", side / "cache", one / "runs" / "task2")
+        jobs = plan(models, synth, side / "runs", side / "cache", one / "runs", folder)
         (side / "plan.json").write_text(json.dumps(jobs))
     single = run_cli("tests/multiprocess_driver.py", one / "plan.json", one, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = launch("tests/multiprocess_driver.py", two / "plan.json", two, timeout=600)
     assert multi.returncode == 0, (multi.stdout[-2000:], multi.stderr[-3000:])
     assert "Traceback" not in multi.stderr
+    print(*(x for p in (single, multi) for x in p.stderr.splitlines() if x.startswith("driver:")), sep="\n")
 
     ranks = [json.loads((two / f"shares-rank{r}.json").read_text()) for r in (0, 1)]
     assert json.loads((one / "shares-rank0.json").read_text())["codes"] == ranks[0]["codes"] == ranks[1]["codes"]
@@ -147,6 +166,19 @@ def test_two_processes_match_one(no_dropout_model, synth, tmp_path):
     # the final evaluation and SCST's reward summary are printed once
     assert multi.stdout.count("(test) |") == single.stdout.count("(test) |") == 7, multi.stdout[-3000:]
     assert multi.stdout.count("mean sampled cider reward") == 1, multi.stdout[-3000:]
+    # the caption command: each process captions the runs of 4 files dealt to it (18 images: 10 and 8), the
+    # main one alone prints the titles and writes the CSV, in one process's order, and names each skip once
+    shares = [r["shares"]["caption"] for r in ranks]
+    assert json.loads((one / "shares-rank0.json").read_text())["shares"]["caption"] == sum(shares) == 18
+    assert shares == [10, 8], shares
+    csv_one, csv_two = (side / "runs" / "titles.csv" for side in (one, two))
+    assert csv_two.read_text() == csv_one.read_text() and len(csv_one.read_text().splitlines()) == 19
+    printed = [[x for x in p.stdout.splitlines() if x.startswith(f"{folder}/")] for p in (single, multi)]
+    assert printed[1] == printed[0] and len(printed[0]) == 18, printed
+    for name, why in (("zz-empty.jpg", "empty file"), ("zz-text.jpg", "not an image")):
+        line = f"skipped {folder / name}: {why}"
+        assert multi.stderr.count(line) == single.stderr.count(line) == 1, (line, multi.stderr[-3000:])
+    assert multi.stderr.count("captioned 18 image(s), skipped 2") == 1
 
 
 def test_batch_not_divisible_by_processes_is_a_clean_error(synth, tmp_path):
