@@ -309,6 +309,16 @@ def extras(result: dict) -> list[str]:
     return lines
 
 
+def kept_sections(path: Path) -> str:
+    """The "## ..." sections of an existing RESULTS.md (bench/scale.py's and bench/realscale.py's figures,
+    pasted there by hand from their own runs): this run rewrites only the part above them."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find("\n## ")
+    return "" if at < 0 else text[at:]
+
+
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = result["info"]
@@ -324,7 +334,7 @@ def write(result: dict, out: Path) -> None:
           "image at a time every epoch; one-image-at-a-time captioning; one reward call per caption). "
           "On a shared machine the figures move by tens of percent between runs.", "",
           table(result), "", *extras(result), ""]
-    (out / "RESULTS.md").write_text("\n".join(md))
+    (out / "RESULTS.md").write_text("\n".join(md) + kept_sections(out / "RESULTS.md"))
     (out / "results.json").write_text(json.dumps({**result["figures"], "info": info, "errors": result["errors"],
                                                   "seconds": result["seconds"], "details": result["details"]},
                                                  indent=2, default=str))

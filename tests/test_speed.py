@@ -163,6 +163,16 @@ def test_report_judges_targets_and_names_failures(tmp_path):
     assert "| 2.50x |" in md and "not measured (ImportError" in md
 
 
+def test_report_keeps_the_hand_pasted_sections_of_results(tmp_path):
+    import run as bench_run
+
+    (tmp_path / "RESULTS.md").write_text("# old table\n| 1.00x |\n\n## Real-scale check\n| llama-3b | 13.1 GiB |\n")
+    bench_run.write(fake_result(finetune_epoch_speedup=2.5), tmp_path)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "old table" not in md and "| 2.50x |" in md
+    assert md.endswith("\n## Real-scale check\n| llama-3b | 13.1 GiB |\n") and md.count("## Real-scale") == 1
+
+
 def test_bench_refuses_unknown_benchmark(tmp_path):
     from conftest import assert_clean_failure
 
