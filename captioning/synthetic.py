@@ -439,6 +439,67 @@ def build_tiny_llava(out_dir, tokenizer, image_size: int = 32, patch: int = 8):
     return model
 
 
+# SmolVLM's chat format as HuggingFaceTB/SmolVLM-256M-Instruct ships it, "<|im_start|>User:<image>question
+# <end_of_utterance>\nAssistant: title<end_of_utterance>\n", with the assistant turn inside {% generation %}
+# markers (for the assistant-token mask the LoRA tests check labels against).
+TINY_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}"
+    "{% if m['content'] is string %}: {{ m['content'] }}<end_of_utterance>\n"
+    "{% elif m['role'] == 'assistant' %}: {% generation %}{{ m['content'][0]['text'] }}<end_of_utterance>"
+    "{% endgeneration %}\n"
+    "{% else %}{{ ':' if m['content'][0]['type'] == 'image' else ': ' }}{% for b in m['content'] %}"
+    "{% if b['type'] == 'text' %}{{ b['text'] }}{% elif b['type'] == 'image' %}<image>{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+SMOLVLM_TOKENS = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+
+
+def build_tiny_smolvlm(out_dir, tokenizer, image_size: int = 64, patch: int = 8, scale_factor: int = 4,
+                       vision: dict | None = None, text: dict | None = None, head: float = 5.0):
+    """A tiny random SmolVLM chat model (SigLIP-style tower 64 px / patch 8, pixel-shuffle connector with
+    scale factor 4 -> 4 image tokens, 2-layer Llama) and its processor: a third chat-VLM architecture for
+    the LoRA tests (not built by --models). `vision` and `text` (config fields) let the benchmarks build
+    real widths.
+
+    HuggingFaceTB/SmolVLM-256M-Instruct (and the 500M and 2B) are `idefics3` models on the hub: an
+    Idefics3ForConditionalGeneration with an Idefics3Processor, which is what this builds. (SmolVLM2's own
+    SmolVLMProcessor cannot be constructed on a machine without torchvision and num2words: its video
+    processor needs them.) Image splitting is off (do_image_splitting=False), so every image is one square
+    crop and one block of image tokens <fake_token_around_image><global-img><image>...<fake_token_around_image>;
+    the end of a turn is <end_of_utterance>, which only the generation config names as EOS (as the hub's)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import (GPT2TokenizerFast, Idefics3Config, Idefics3ForConditionalGeneration,
+                              Idefics3ImageProcessorPil, Idefics3Processor, Idefics3VisionConfig, LlamaConfig)
+
+    tok = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                            unk_token=tokenizer.unk_token, pad_token=tokenizer.pad_token, padding_side="left",
+                            chat_template=TINY_SMOLVLM_TEMPLATE)
+    tok.add_special_tokens({"additional_special_tokens": SMOLVLM_TOKENS})
+    ids = {key: getattr(tok, key) for key in ("bos_token_id", "pad_token_id")}
+    end = tok.convert_tokens_to_ids("<end_of_utterance>")
+    torch.manual_seed(0)
+    text = LlamaConfig(**{**dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                                 initializer_range=0.1, eos_token_id=end, **ids), **(text or {})})
+    vision = Idefics3VisionConfig(**{**dict(image_size=image_size, patch_size=patch, hidden_size=32,
+                                            intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+                                     **(vision or {})})
+    model = Idefics3ForConditionalGeneration(Idefics3Config(
+        vision_config=vision, text_config=text, scale_factor=scale_factor,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False))
+    with torch.no_grad():  # as the other stand-ins: an output layer wide enough for confident answers
+        model.lm_head.weight.mul_(head)
+    for key, value in {**ids, "eos_token_id": end}.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(out_dir)
+    size = {"longest_edge": image_size}
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
+    Idefics3Processor(images, tok, image_seq_len=(image_size // patch) ** 2 // scale_factor ** 2,
+                      chat_template=TINY_SMOLVLM_TEMPLATE).save_pretrained(out_dir)
+    return model
+
+
 def all_captions() -> list[str]:
     """Every caption the synthetic dishes can have (8 foods x 4 counts x plate/bowl x 6 colours)."""
     import itertools

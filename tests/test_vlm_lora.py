@@ -1,13 +1,14 @@
-"""Chat-VLM LoRA fine-tuning (captioning.vlm_lora, task2/vlm_lora.py): labels for each chat-VLM family, a
-trained adapter changes the captions, save/load/caption gives the same titles, batched == one at a time."""
+"""Chat-VLM LoRA fine-tuning (captioning.vlm_lora, task2/vlm_lora.py) on three families (DeepSeek-VL hybrid, LLaVA,
+SmolVLM): labels, cached vision outputs give the tower's loss, a trained adapter changes the captions,
+save/load/caption gives the same titles, batched == one at a time."""
 import pytest
 import torch
 
 from captioning.captioner import load_captioner
 from captioning.data import load_image, load_split
 from captioning.vlm import conversation, load_chat_vlm
-from captioning.vlm_lora import (ChatLoRA, add_lora, answer_ids, chat_collate, chat_datasets, end_of_turn_ids,
-                                 encode_images, training_batch)
+from captioning.vlm_lora import (ChatLoRA, add_lora, answer_ids, base_model, chat_collate, chat_datasets,
+                                 end_of_turn_ids, encode_images, training_batch)
 
 QUESTION = "Title:"
 
@@ -16,14 +17,19 @@ QUESTION = "Title:"
 def chat_models(synth, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from captioning.synthetic import build_tiny_llava
+    from captioning.synthetic import build_tiny_llava, build_tiny_smolvlm
 
-    llava = tmp_path_factory.mktemp("llava")
-    build_tiny_llava(llava, AutoTokenizer.from_pretrained(synth / "models" / "tokenizer"))
-    return {"deepseek-vl-hybrid": synth / "models" / "deepseek-vl", "llava": llava}
+    tok = AutoTokenizer.from_pretrained(synth / "models" / "tokenizer")
+    llava, smolvlm = tmp_path_factory.mktemp("llava"), tmp_path_factory.mktemp("smolvlm")
+    build_tiny_llava(llava, tok)
+    build_tiny_smolvlm(smolvlm, tok)
+    return {"deepseek-vl-hybrid": synth / "models" / "deepseek-vl", "llava": llava, "smolvlm": smolvlm}
 
 
-@pytest.mark.parametrize("family", ["deepseek-vl-hybrid", "llava"])
+FAMILIES = ["deepseek-vl-hybrid", "llava", "smolvlm"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family, one_thread):
     model, processor = load_chat_vlm(str(chat_models[family]))
     records = load_split(synth, "train")[0][:2]
@@ -39,7 +45,7 @@ def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family,
              for im, t in zip(images, titles)]
     ref = processor.apply_chat_template(chats, tokenize=True, return_dict=True, return_tensors="pt",
                                         return_assistant_tokens_mask=True, processor_kwargs={"padding": True})
-    image_id = tok.convert_tokens_to_ids(tok.image_token)
+    image_id = base_model(model).config.image_token_id
     for i, title in enumerate(titles):
         real = ids[i][mask[i] == 1]
         want = ref["input_ids"][i][ref["assistant_masks"][i] == 1]
@@ -51,16 +57,21 @@ def test_labels_cover_the_title_and_end_of_turn_only(chat_models, synth, family,
         ref_real = ref["input_ids"][i][ref["attention_mask"][i] == 1]
         assert real.tolist() == ref_real[: len(real)].tolist()  # the same chat, image tokens expanded
         assert (labels[i][: len(prompts[i])] == -100).all() and (labels[i][mask[i] == 0] == -100).all()
-        assert (ids[i] == image_id).sum() >= 16 and (labels[i][ids[i] == image_id] == -100).all()
+        assert (ids[i] == image_id).sum() == len(feats[i]) and (labels[i][ids[i] == image_id] == -100).all()
     # the recipe's loss (logits kept on the answers only) is the model's own loss on these labels
     chat = ChatLoRA(model, processor, QUESTION)
     batch = {"prompt": prompts, "caption": titles, "features": torch.stack(feats)}
+    cached = chat.vision_inputs(model, batch)
+    assert "mm_encoder_outputs" in cached and "pixel_values" not in cached  # the tower does not run
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, labels=labels, **chat.vision_inputs(model, batch)).loss
         assert torch.allclose(chat.loss(model, batch), full, atol=1e-5)
+        # the cached vision outputs give the loss that running the tower on the images gives
+        tower = chat.loss(model, {"prompt": prompts, "caption": titles, "image": images})
+        assert torch.allclose(chat.loss(model, batch), tower, atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=["deepseek-vl-hybrid", "llava"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def trained(chat_models, synth, tmp_path_factory, one_thread, request):
     """A tiny chat VLM with a LoRA adapter trained for a few steps on cached vision outputs."""
     from types import SimpleNamespace
@@ -68,6 +79,7 @@ def trained(chat_models, synth, tmp_path_factory, one_thread, request):
     model, processor = load_chat_vlm(str(chat_models[request.param]))
     cfg = SimpleNamespace(data_dir=str(synth), images_dir="", limit=24, cache_dir="", batch_size=8)
     data = chat_datasets(cfg, model, processor, QUESTION, ("train",))["train"]
+    assert data.features is not None  # the vision cache engaged: the tower never runs while training
     model = add_lora(model, "r64")
     chat = ChatLoRA(model, processor, QUESTION, max_new_tokens=8)
     batch = chat_collate([data[i] for i in range(len(data))])
@@ -118,7 +130,7 @@ def test_deepseek_script_captions_with_the_adapter(trained, synth, tmp_path):
     from conftest import ROOT
 
     chat, _, _, _, _, folder = trained
-    if type(chat.model.get_base_model()).__name__.startswith("Llava"):
+    if not type(chat.model.get_base_model()).__name__.startswith("DeepseekVL"):
         pytest.skip("one architecture is enough for the script's wiring")
     spec = importlib.util.spec_from_file_location("_deepseek_adapter", ROOT / "task2" / "deepseek.py")
     script = importlib.util.module_from_spec(spec)
