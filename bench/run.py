@@ -9,7 +9,8 @@ Each ratio is measured side by side in this one run, on the same data, model siz
   bench_task2   task2 LoRA epochs (and the feature cache alone), batched generation
   bench_reward  SCST: the reward's share of a step (and the original's one-call-per-caption METEOR)
   bench_ocr     cleaning's OCR with 2 worker processes against 1
-  bench_vlm     chat-VLM LoRA epochs: vision outputs cached against the tower run every step
+  bench_vlm     chat-VLM LoRA epochs: vision outputs cached against the tower run every step (SmolVLM-256M
+                and DeepSeek-VL 1.3B widths)
   bench_semantic  the new scores' (CLIPScore, BERTScore, ...) share of a run's evaluation time
   bench_caption the caption command at batch 32 against one image at a time; its memory on 10,000 images
 Writes OUT/RESULTS.md (the table, the machine, its load) and OUT/results.json (every figure; the
@@ -45,7 +46,8 @@ HEADLINE = {
     "ocr_speedup": ("OCR cleaning: images per second, 2 workers", 1.7, True),
     "semantic_share": ("evaluation: CLIPScore, BERTScore and title figures' share of it", 0.20, False),
     "utilisation": ("training step FLOP/s / measured matmul FLOP/s", None, True),
-    "vlm_cache_speedup": ("chat-VLM LoRA: epoch time, vision cached vs tower every step", 2.0, True),
+    "vlm_cache_speedup": ("chat-VLM LoRA (SmolVLM-256M widths): epoch time, vision cached vs tower every step",
+                          2.0, True),
     "caption_batch_speedup": ("caption command: images per second, batch 32 / one at a time", 5.0, True),
 }
 BENCHES = ("ocr", "reward", "task2", "train", "vlm", "semantic", "caption")
@@ -170,7 +172,10 @@ def _ours_vs_original(key: str, details: dict) -> str:
     """The raw figures behind a ratio, for the table."""
     t, r, t2, o, v, sem = (details.get(k, {}) for k in ("train", "reward", "task2", "ocr", "vlm", "semantic"))
     if key == "vlm_cache_speedup" and v:
-        return f"{v['tower']['epoch_seconds']:.1f} s -> {v['cached']['epoch_seconds']:.1f} s per epoch"
+        c, d = v["smolvlm"], v["deepseek-vl"]
+        return (f"SmolVLM-256M widths: {c['tower']['epoch_seconds']:.1f} s -> {c['cached']['epoch_seconds']:.1f} s per "
+                f"epoch; at DeepSeek-VL 1.3B widths {d['speedup']:.2f}x ({d['tower']['epoch_seconds']:.1f} s -> "
+                f"{d['cached']['epoch_seconds']:.1f} s)")
     if key == "finetune_epoch_speedup" and t:
         f = t["finetune"]
         return f"{f['original']['epoch_seconds']:.1f} s -> {f['ours']['epoch_seconds']:.1f} s per epoch"
@@ -216,13 +221,14 @@ def extras(result: dict) -> list[str]:
     d, lines = result["details"], []
     v = d.get("vlm")
     if v:
-        s = v["size"]
-        lines.append(f"- Chat-VLM LoRA configuration (LLaVA-style at DeepSeek-VL 1.3B chat's widths): {s['image']} px, "
-                     f"patch {s['patch']} ({s['image_tokens']} image tokens), vision width {s['vision_width']}, "
-                     f"language model width {s['text_width']} (MLP {s['mlp']}, vocabulary {s['vocab']}), one layer "
-                     f"each, random weights, LoRA r16, {s['images']} images per epoch, batch {s['batch']}; the "
-                     "uncached side also runs the processor (resize, normalise) every step, as training without "
-                     "the cache does.")
+        from bench_vlm import describe
+
+        s = v["smolvlm"]["size"]
+        lines.append(f"- Chat-VLM LoRA configurations, random weights, LoRA r16 on the language model, {s['images']} "
+                     f"images per epoch, batch {s['batch']}, fp32; the headline is {describe(s)}, one crop per image "
+                     f"(no splitting); the second figure is at {describe(v['deepseek-vl']['size'])}. Depth keeps each "
+                     "model's ratio of tower to LM layers. The uncached side also runs the processor (resize, "
+                     "normalise) every step, as training without the cache does.")
     t = d.get("train")
     if t:
         s = t["size"]

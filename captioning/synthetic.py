@@ -453,19 +453,18 @@ TINY_SMOLVLM_TEMPLATE = (
 SMOLVLM_TOKENS = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
 
 
-def build_tiny_smolvlm(out_dir, tokenizer, image_size: int = 64, patch: int = 8, scale_factor: int = 4,
-                       vision: dict | None = None, text: dict | None = None, head: float = 5.0):
-    """A tiny random SmolVLM chat model (SigLIP-style tower 64 px / patch 8, pixel-shuffle connector with
-    scale factor 4 -> 4 image tokens, 2-layer Llama) and its processor: a third chat-VLM architecture for
-    the LoRA tests (not built by --models). `vision` and `text` (config fields) let the benchmarks build
-    real widths.
+def tiny_smolvlm(tokenizer, image_size: int = 64, patch: int = 8, scale_factor: int = 4, vision: dict | None = None,
+                 text: dict | None = None, head: float = 5.0):
+    """(model, processor) of a tiny random SmolVLM chat model (SigLIP-style tower 64 px / patch 8, pixel-shuffle
+    connector with scale factor 4 -> 4 image tokens, 2-layer Llama); `vision` and `text` (config fields) let
+    the benchmarks build real widths. build_tiny_smolvlm saves them.
 
     HuggingFaceTB/SmolVLM-256M-Instruct (and the 500M and 2B) are `idefics3` models on the hub: an
     Idefics3ForConditionalGeneration with an Idefics3Processor, which is what this builds. (SmolVLM2's own
     SmolVLMProcessor cannot be constructed on a machine without torchvision and num2words: its video
     processor needs them.) Image splitting is off (do_image_splitting=False), so every image is one square
-    crop and one block of image tokens <fake_token_around_image><global-img><image>...<fake_token_around_image>;
-    the end of a turn is <end_of_utterance>, which only the generation config names as EOS (as the hub's)."""
+    crop and one block of image tokens, <fake_token_around_image><global-img><image>...<fake_token_around_image>.
+    The end of a turn is <end_of_utterance>, which only the generation config names as EOS (as the hub's)."""
     import torch
     from tokenizers import Tokenizer
     from transformers import (GPT2TokenizerFast, Idefics3Config, Idefics3ForConditionalGeneration,
@@ -492,11 +491,19 @@ def build_tiny_smolvlm(out_dir, tokenizer, image_size: int = 64, patch: int = 8,
         model.lm_head.weight.mul_(head)
     for key, value in {**ids, "eos_token_id": end}.items():
         setattr(model.generation_config, key, value)
-    model.save_pretrained(out_dir)
     size = {"longest_edge": image_size}
     images = Idefics3ImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
-    Idefics3Processor(images, tok, image_seq_len=(image_size // patch) ** 2 // scale_factor ** 2,
-                      chat_template=TINY_SMOLVLM_TEMPLATE).save_pretrained(out_dir)
+    processor = Idefics3Processor(images, tok, image_seq_len=(image_size // patch) ** 2 // scale_factor ** 2,
+                                  chat_template=TINY_SMOLVLM_TEMPLATE)
+    return model, processor
+
+
+def build_tiny_smolvlm(out_dir, tokenizer, **sizes):
+    """The tiny SmolVLM of tiny_smolvlm saved like a hub checkpoint (model + processor in one folder): a third
+    chat-VLM architecture for the LoRA tests (not built by --models)."""
+    model, processor = tiny_smolvlm(tokenizer, **sizes)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
     return model
 
 
