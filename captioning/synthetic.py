@@ -450,11 +450,12 @@ TINY_SMOLVLM_TEMPLATE = (
     "{% else %}{{ ':' if m['content'][0]['type'] == 'image' else ': ' }}{% for b in m['content'] %}"
     "{% if b['type'] == 'text' %}{{ b['text'] }}{% elif b['type'] == 'image' %}<image>{% endif %}"
     "{% endfor %}<end_of_utterance>\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
-SMOLVLM_TOKENS = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+SMOLVLM_TOKENS = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>",
+                  *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))]
 
 
 def tiny_smolvlm(tokenizer, image_size: int = 64, patch: int = 8, scale_factor: int = 4, vision: dict | None = None,
-                 text: dict | None = None, head: float = 5.0):
+                 text: dict | None = None, head: float = 5.0, split: bool = False):
     """(model, processor) of a tiny random SmolVLM chat model (SigLIP-style tower 64 px / patch 8, pixel-shuffle
     connector with scale factor 4 -> 4 image tokens, 2-layer Llama); `vision` and `text` (config fields) let
     the benchmarks build real widths. build_tiny_smolvlm saves them.
@@ -463,7 +464,9 @@ def tiny_smolvlm(tokenizer, image_size: int = 64, patch: int = 8, scale_factor: 
     Idefics3ForConditionalGeneration with an Idefics3Processor, which is what this builds. (SmolVLM2's own
     SmolVLMProcessor cannot be constructed on a machine without torchvision and num2words: its video
     processor needs them.) Image splitting is off (do_image_splitting=False), so every image is one square
-    crop and one block of image tokens, <fake_token_around_image><global-img><image>...<fake_token_around_image>.
+    crop and one block of image tokens, <fake_token_around_image><global-img><image>...<fake_token_around_image>;
+    `split` turns it on as the hub's processor has it: a photo is resized to 4x `image_size` on its long
+    side and cut into crops of `image_size` (their number follows its aspect ratio), plus the whole photo.
     The end of a turn is <end_of_utterance>, which only the generation config names as EOS (as the hub's)."""
     import torch
     from tokenizers import Tokenizer
@@ -491,8 +494,9 @@ def tiny_smolvlm(tokenizer, image_size: int = 64, patch: int = 8, scale_factor: 
         model.lm_head.weight.mul_(head)
     for key, value in {**ids, "eos_token_id": end}.items():
         setattr(model.generation_config, key, value)
-    size = {"longest_edge": image_size}
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
+    crop = {"longest_edge": image_size}
+    images = Idefics3ImageProcessorPil(do_image_splitting=split, max_image_size=crop,
+                                       size={"longest_edge": image_size * (4 if split else 1)})
     processor = Idefics3Processor(images, tok, image_seq_len=(image_size // patch) ** 2 // scale_factor ** 2,
                                   chat_template=TINY_SMOLVLM_TEMPLATE)
     return model, processor

@@ -18,7 +18,9 @@ Vision cache.  LoRA adapts only the language model's linear layers (LORA_PATTERN
 and the projector stay frozen, so what they make of an image never changes. It is computed once per
 image (`get_image_features(...).pooler_output`), kept in a memory-mapped file in the cache folder
 (keyed by the images, the frozen weights and the processor settings) and handed back to the model as
-`mm_encoder_outputs`, in training and in generation. An architecture whose forward does not take
+`mm_encoder_outputs`, in training and in generation. Images may differ in their number of image tokens
+(SmolVLM / Idefics3 split a photo into a number of crops that follows its aspect ratio): each image's
+block is stored one after another with its span. An architecture whose forward does not take
 `mm_encoder_outputs`, or whose features are not one [tokens, width] block per image, runs the tower
 every step (so does `--cache-vision no`).
 
@@ -201,10 +203,11 @@ def pooled_as_list(model, processor, question: str) -> bool:
 
 class ChatDataset:
     """Items of one split for the chat model: the prompt's ids and the image's cached features (or the
-    image itself when they cannot be cached), + caption, references and name."""
+    image itself when they cannot be cached), + caption, references and name. `features` holds every
+    image's [tokens, width] block one after another; item i's is rows spans[i] = (start, tokens)."""
 
-    def __init__(self, records, prompts, features=None):
-        self.records, self.prompts, self.features = records, prompts, features
+    def __init__(self, records, prompts, features=None, spans=None):
+        self.records, self.prompts, self.features, self.spans = records, prompts, features, spans
 
     def __len__(self):
         return len(self.records)
@@ -214,16 +217,22 @@ class ChatDataset:
         item = {"prompt": self.prompts[i], "caption": r.title, "references": r.references,
                 "image_name": r.image_name, "index": i}
         if self.features is not None:
-            item["features"] = torch.from_numpy(np.array(self.features[i]))
+            start, tokens = self.spans[i]
+            item["features"] = torch.from_numpy(np.array(self.features[start: start + tokens]))
         else:
             item["image"] = load_image(r.path)
         return item
 
 
+def stack_features(feats: list[torch.Tensor]):
+    """One [images, tokens, width] tensor when every image has as many tokens, else the list as it is."""
+    return torch.stack(feats) if all(f.shape == feats[0].shape for f in feats) else list(feats)
+
+
 def chat_collate(items: list[dict]) -> dict:
     out = {k: [it[k] for it in items] for k in items[0]}
     if "features" in out:
-        out["features"] = torch.stack(out["features"])
+        out["features"] = stack_features(out["features"])
     return out
 
 
@@ -242,28 +251,29 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
         records, _ = split_records(cfg, split)
         if cfg.limit:
             records = records[: cfg.limit]
-        key = _fingerprint([r.path for r in records], "chat-vision", frozen, pkey, question) if records else ""
+        key = _fingerprint([r.path for r in records], "chat-vision-2", frozen, pkey, question) if records else ""
         root = cache_root(cfg.cache_dir or None)
-        data, meta = root / f"chat-{key}.npy", root / f"chat-{key}.json"
+        data, meta = root / f"chat-{key}.f16", root / f"chat-{key}.json"
         if cache and records and data.exists() and meta.exists():
             info = json.loads(meta.read_text())
             kept = [records[i] for i in info["kept"]]
-            out[split] = ChatDataset(kept, info["prompts"], np.load(data, mmap_mode="r")[: len(kept)])
+            arr = np.memmap(data, dtype=np.float16, mode="r", shape=(info["tokens"], info["width"]))
+            out[split] = ChatDataset(kept, info["prompts"], arr, info["spans"])
             _skipped(split, info["failed"])
             continue
-        kept, prompts, failed, batch = [], [], [], []
-        arr, tmp = None, data.with_name(data.name + f".tmp{os.getpid()}")
+        kept, prompts, failed, batch, spans = [], [], [], [], []
+        arr, sink, tmp = None, None, data.with_name(data.name + f".tmp{os.getpid()}")
 
         def flush():
-            nonlocal arr
+            nonlocal sink
             if batch:
                 p, f = encode_images(model, processor, [im for _, im in batch], question)
                 if cache and f is not None:  # written as they come: a 7B's features do not fit in memory
-                    if arr is None:
-                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                        shape=(len(records), *f[0].shape))
-                    for row, x in enumerate(f, start=len(kept)):
-                        arr[row] = x.float().cpu().numpy()
+                    sink = sink or open(tmp, "wb")
+                    for x in f:
+                        start = spans[-1][0] + spans[-1][1] if spans else 0
+                        spans.append((start, x.shape[0]))
+                        sink.write(x.float().cpu().numpy().astype(np.float16).tobytes())
                 kept.extend(i for i, _ in batch)
                 prompts.extend(p)
                 batch.clear()
@@ -279,15 +289,17 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
                 flush()
         flush()
         _skipped(split, failed)
-        if arr is not None:
-            arr.flush()
-            del arr
+        if sink is not None:
+            sink.close()
             os.replace(tmp, data)
+            tokens = spans[-1][0] + spans[-1][1]
+            width = data.stat().st_size // 2 // tokens  # float16: 2 bytes a value
             tmp = meta.with_name(meta.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"kept": kept, "prompts": prompts, "failed": failed}))
+            tmp.write_text(json.dumps({"kept": kept, "prompts": prompts, "failed": failed, "spans": spans,
+                                       "tokens": tokens, "width": width}))
             os.replace(tmp, meta)  # the commit point: features without their meta are never read
-            arr = np.load(data, mmap_mode="r")
-        out[split] = ChatDataset([records[i] for i in kept], prompts, None if arr is None else arr[: len(kept)])
+            arr = np.memmap(data, dtype=np.float16, mode="r", shape=(tokens, width))
+        out[split] = ChatDataset([records[i] for i in kept], prompts, arr, spans if arr is not None else None)
     return out
 
 
@@ -328,10 +340,11 @@ class ChatLoRA:
         if "features" in batch:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-            feats = batch["features"].to(base_model(model).device, dtype=base_model(model).dtype)
+            m = base_model(model)
+            feats = [f.to(m.device, dtype=m.dtype) for f in batch["features"]]  # a tensor or a list (stack_features)
             if self.as_list is None:
                 self.as_list = pooled_as_list(model, self.processor, self.question)
-            pooled = list(feats) if self.as_list else feats
+            pooled = feats if self.as_list else torch.stack(feats)
             return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
         inputs = self.processor.apply_chat_template(
             [conversation(im, self.question) for im in batch["image"]], add_generation_prompt=True, tokenize=True,
@@ -450,7 +463,7 @@ class ChatLoRACaptioner(Captioner):
         prompts, feats = encode_images(self.chat.model, self.chat.processor, images, self.chat.question)
         batch = {"prompt": prompts}
         if feats is not None:
-            batch["features"] = torch.stack([f.to(torch.float16).float() for f in feats])  # as the cache stores them
+            batch["features"] = stack_features([f.to(torch.float16).float() for f in feats])  # as the cache stores them
         else:
             batch["image"] = images
         return [Caption(t) for t in self.chat.caption(self.chat.model, batch, preset)]

@@ -14,6 +14,8 @@ adapter then captions with `task2/deepseek.py --adapter RUN`.
 """
 from dataclasses import dataclass
 
+from accelerate.utils import set_seed
+
 from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
 from captioning.engine import Recipe, train_and_evaluate
 from captioning.prefix_llm import recorded_name
@@ -56,6 +58,7 @@ def main(argv=None):
     token = hf_token(cfg.hf_token)
     model, processor = load_chat_vlm(cfg.model, token, cfg.dtype, device_map=None)  # accelerate places it
     datasets = chat_datasets(cfg, model, processor, cfg.question, cache=cfg.cache_vision == "yes")
+    set_seed(cfg.seed)  # the adapter's initial weights: the same seed, the same run
     model = add_lora(model, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

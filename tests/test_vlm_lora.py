@@ -140,3 +140,37 @@ def test_deepseek_script_captions_with_the_adapter(trained, synth, tmp_path):
                  "--max-new-tokens", "8", "--cache-dir", str(tmp_path / "cache")])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["info"]["question"] == QUESTION and "LoRA adapter" in saved["info"]["method"]
+
+
+def test_photos_split_into_different_numbers_of_crops_are_cached_each_with_its_own(synth, tmp_path, one_thread):
+    """SmolVLM as the hub ships it splits a photo into crops by its aspect ratio, so photos differ in their
+    number of image tokens: the vision cache keeps each one's own, reads them back unchanged, and training
+    on them gives the loss that running the tower gives."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers import AutoTokenizer
+
+    from captioning.synthetic import build_tiny_smolvlm, make_dataset
+
+    build_tiny_smolvlm(tmp_path / "smolvlm", AutoTokenizer.from_pretrained(synth / "models" / "tokenizer"), split=True)
+    model, processor = load_chat_vlm(str(tmp_path / "smolvlm"))
+    make_dataset(tmp_path / "data", n=12, seed=5, dirty=False)
+    cfg = SimpleNamespace(data_dir=str(tmp_path / "data"), images_dir="", limit=6, cache_dir=str(tmp_path / "cache"),
+                          batch_size=4)
+    records = load_split(tmp_path / "data", "train")[0][:6]
+    for r, shape in zip(records, [(64, 32), (16, 64)]):  # landscape, a tall strip (the rest stay square)
+        Image.open(r.path).resize(shape).save(r.path)
+    data = chat_datasets(cfg, model, processor, QUESTION, ("train",))["train"]
+    tokens = [data[i]["features"].shape[0] for i in range(len(data))]
+    assert data.features is not None and len(set(tokens)) >= 3, tokens
+    image_id = base_model(model).config.image_token_id
+    assert tokens == [sum(t == image_id for t in p) for p in data.prompts]  # each prompt has its image's tokens
+    again = chat_datasets(cfg, model, processor, QUESTION, ("train",))["train"]  # read back from the cache folder
+    assert all(torch.equal(data[i]["features"], again[i]["features"]) for i in range(len(data)))
+    chat = ChatLoRA(model, processor, QUESTION)
+    batch = chat_collate([again[i] for i in range(len(again))])
+    images = [load_image(r.path) for r in again.records]
+    with torch.no_grad():
+        tower = chat.loss(model, {"prompt": batch["prompt"], "caption": batch["caption"], "image": images})
+        assert torch.allclose(chat.loss(model, batch), tower, rtol=1e-3)  # the cache stores float16
