@@ -30,6 +30,7 @@ class Config(TrainConfig):
     # Any image-text-to-text chat model of transformers, for example
     #   "deepseek-community/deepseek-vl-1.3b-chat"   SigLIP + 1.3B LLM: fits a 24 GB GPU in bf16 with room to spare
     #   "deepseek-community/deepseek-vl-7b-chat"     the course's model (hybrid SigLIP + SAM): bf16 + --gradient-checkpointing
+    #   "HuggingFaceTB/SmolVLM-256M-Instruct"        SigLIP-B/16 + SmolLM2-135M: small; the vision cache saves most of a step
     #   "HuggingFaceTB/SmolVLM-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct", "meta-llama/Llama-3.2-11B-Vision-Instruct"
     model: str = "deepseek-community/deepseek-vl-1.3b-chat"
     output_dir: str = "runs/vlm_lora"
