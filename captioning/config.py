@@ -172,7 +172,43 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
     for name, low in MINIMUMS.items():
         if name in kwargs and isinstance(kwargs[name], (int, float)) and kwargs[name] < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}; got {kwargs[name]}.")
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    if isinstance(cfg, TrainConfig):
+        preflight(cfg)
+    return cfg
+
+
+def preflight(cfg) -> None:
+    """A training run's data folders and output folder checked before anything loads: a typo in
+    --data-dir, or a finished run in --output-dir, is one sentence at once, not after minutes of loading
+    a 7B model. (The same checks run again where the data and the run folder are opened.)"""
+    if not cfg.dataset:
+        data = Path(cfg.data_dir)
+        images = Path(cfg.images_dir) if cfg.images_dir else data / "images"
+        if not data.is_dir():
+            raise UserError(f"data folder {data} does not exist.")
+        if not images.is_dir():
+            raise UserError(f"images folder {images} does not exist (set --images-dir).")
+    refuse_clobber(Path(cfg.output_dir), cfg.overwrite, cfg.resume, resumable=True)
+
+
+# What a run folder holds (captioning.engine.Run); any of them but config.json marks a run there
+RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
+             "checkpoint", "best", "curves.png")
+
+
+def refuse_clobber(folder: Path, overwrite: bool, resume: bool, resumable: bool) -> None:
+    """UserError when `folder` holds a run that this one must not replace (without --overwrite) or has
+    nothing to resume."""
+    present = [f for f in RUN_FILES if (folder / f).exists()]
+    finished = (folder / "metrics.json").exists()
+    # config.json alone is what a start that failed before any work leaves behind: reuse it
+    if [f for f in present if f != "config.json"] and not resume and not overwrite:
+        unfinished = "an unfinished run" + (" (pass --resume to continue it)" if resumable else "")
+        raise UserError(f"{folder} already holds {'a finished run' if finished else unfinished}; "
+                        "pass --overwrite to replace it or choose another --output-dir.")
+    if resume and finished and not overwrite:
+        raise UserError(f"{folder} holds a finished run: nothing to resume.")
 
 
 # Lower bounds checked for every config that has these fields.

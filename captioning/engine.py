@@ -30,13 +30,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .card import write_card
-from .config import UserError, to_dict
+from .config import RUN_FILES, UserError, refuse_clobber, to_dict
 from .data import collate
 from .loading import load_errors
 from .metrics import caption_spread, collapse_warning, evaluate_captions
 
-RUN_FILES = ("config.json", "log.jsonl", "metrics.json", "predictions.csv", "predictions_valid.csv",
-             "checkpoint", "best", "curves.png")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,14 +54,7 @@ class Run:
         self.dir = Path(cfg.output_dir)
         self.method, self.is_main = method, is_main
         present = [f for f in RUN_FILES if (self.dir / f).exists()]
-        finished = (self.dir / "metrics.json").exists()
-        # config.json alone is what a start that failed before any work leaves behind: reuse it
-        if [f for f in present if f != "config.json"] and not resume and not cfg.overwrite:
-            unfinished = "an unfinished run" + (" (pass --resume to continue it)" if hasattr(cfg, "resume") else "")
-            raise UserError(f"{self.dir} already holds {'a finished run' if finished else unfinished}; "
-                            "pass --overwrite to replace it or choose another --output-dir.")
-        if resume and finished and not cfg.overwrite:
-            raise UserError(f"{self.dir} holds a finished run: nothing to resume.")
+        refuse_clobber(self.dir, cfg.overwrite, resume, resumable=hasattr(cfg, "resume"))
         if not is_main:
             return
         if cfg.overwrite and not resume:

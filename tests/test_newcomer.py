@@ -226,3 +226,23 @@ def test_a_hub_model_not_in_the_cache_is_one_sentence_at_once(monkeypatch):
                         "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")  # nothing listens there
     with pytest.raises(UserError, match="the hub cannot be reached"):  # from our one request, not from_pretrained
         check_local_or_hub(name)
+
+
+@pytest.mark.parametrize("script", ["task1/vit_gpt2_finetuned.py", "task1/blip.py", "task2/train.py",
+                                    "task2/vlm_lora.py"])
+def test_training_scripts_check_data_and_output_folders_before_loading_a_model(script, tmp_path):
+    """A typo in --data-dir, or a finished run in --output-dir, is one sentence before the model loads (a
+    7B chat model takes minutes): the model named here does not exist, and it is not what the error names."""
+    main = load(script).main
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    args = ["--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(UserError, match="data folder .*nope does not exist"):
+        main(args + ["--data-dir", str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="images folder .* does not exist"):
+        main(args + ["--data-dir", str(data), "--images-dir", str(tmp_path / "no-images")])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a finished run"):
+        main(args + ["--data-dir", str(data)])
+    assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
