@@ -53,12 +53,13 @@ HEADLINE = {
 BENCHES = ("ocr", "reward", "task2", "train", "vlm", "semantic", "caption")
 
 
-def _call(module_name: str, quick: bool, **quick_kwargs) -> dict:
+def _call(module_name: str, is_quick: bool, /, **quick_kwargs) -> dict:
+    """module.run() with `quick_kwargs` (those its run() takes) when is_quick; a kwarg may be named quick."""
     import importlib
 
     module = importlib.import_module(module_name)
     params = inspect.signature(module.run).parameters
-    kwargs = {k: v for k, v in quick_kwargs.items() if k in params} if quick else {}
+    kwargs = {k: v for k, v in quick_kwargs.items() if k in params} if is_quick else {}
     return module.run(**kwargs)
 
 

@@ -204,3 +204,13 @@ def test_gpu_script_runs_its_steps_and_needs_no_gpu():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_quick_bench_may_take_an_argument_named_quick(tmp_path, monkeypatch):
+    """bench_semantic.run takes `quick`: run.py's helper passed it twice and the full bench lost that row."""
+    import run as bench_run
+
+    (tmp_path / "fake_bench.py").write_text("def run(quick=False, n=1):\n    return {'quick': quick, 'n': n}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert bench_run._call("fake_bench", True, quick=True, n=3, other=5) == {"quick": True, "n": 3}
+    assert bench_run._call("fake_bench", False, quick=True, n=3) == {"quick": False, "n": 1}
