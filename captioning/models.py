@@ -18,7 +18,8 @@ from .cache import pixel_datasets
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
 from .engine import Recipe, scoring_settings
-from .generation import caption_pixels, decode, generation_kwargs, group_alternatives, top_k_kwargs
+from .generation import (caption_pixels, decode, encoder_decoder_kwargs, generation_kwargs, group_alternatives,
+                         top_k_kwargs)
 from .imaging import pixel_batch, pixel_normalizer, processor_size  # noqa: F401  (processor_size: old callers)
 from .loading import check_local_or_hub, load_error, load_errors
 from .sampling import encode
@@ -123,7 +124,8 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
 
     def caption(model, batch, preset):
         if "features" in batch:
-            out = model.generate(**encoder_inputs(batch), **generation_kwargs(preset, cfg.max_new_tokens))
+            out = model.generate(**encoder_inputs(batch),
+                                 **encoder_decoder_kwargs(generation_kwargs(preset, cfg.max_new_tokens)))
             return decode(tokenizer, out)
         return caption_pixels(model, pixel_values(batch), tokenizer, preset, cfg.max_new_tokens)
 
@@ -215,7 +217,8 @@ class VisionEncoderDecoderCaptioner(Captioner):
 
         def generate(**kwargs):  # a fresh encoder_outputs per call: generate expands it in place for beams
             with self.autocast(self.model.device):
-                return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
+                return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                           **encoder_decoder_kwargs(kwargs))
 
         titles = decode(self.tokenizer, generate(**generation_kwargs(preset, max_new)))
         alternatives = [[] for _ in titles]

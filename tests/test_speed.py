@@ -214,3 +214,36 @@ def test_a_quick_bench_may_take_an_argument_named_quick(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert bench_run._call("fake_bench", True, quick=True, n=3, other=5) == {"quick": True, "n": 3}
     assert bench_run._call("fake_bench", False, quick=True, n=3) == {"quick": False, "n": 1}
+
+
+def test_beam_search_leaves_the_cross_attention_cache_in_place(synth):
+    """Beams of one image share their cross-attention keys/values: beam search reorders only the self-attention
+    cache (transformers copied the whole cross-attention cache at every token), with the same titles and scores."""
+    from transformers import VisionEncoderDecoderModel
+
+    from captioning.generation import _beam_cache_class, encoder_decoder_kwargs, generation_kwargs, top_k_kwargs
+
+    model = VisionEncoderDecoderModel.from_pretrained(synth / "models" / "vit-gpt2").eval()
+    pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cls, calls = _beam_cache_class(), []
+    real = cls.reorder_cache
+
+    def watched(self, beam_idx):
+        cross = [layer.keys for layer in self.cross_attention_cache.layers]
+        real(self, beam_idx)
+        calls.append(all(a is b for a, b in zip(cross, [layer.keys for layer in self.cross_attention_cache.layers])))
+
+    cls.reorder_cache = watched
+    try:
+        with torch.no_grad():
+            for kwargs in (generation_kwargs("beam", 12), {**top_k_kwargs(3), "max_new_tokens": 12}):
+                plain = model.generate(pixel_values=pixels, **kwargs)
+                ours = model.generate(pixel_values=pixels, **encoder_decoder_kwargs(kwargs))
+                if isinstance(plain, torch.Tensor):
+                    assert torch.equal(plain, ours)
+                else:
+                    assert torch.equal(plain.sequences, ours.sequences)
+                    assert torch.allclose(plain.sequences_scores, ours.sequences_scores)
+    finally:
+        cls.reorder_cache = real
+    assert calls and all(calls)
