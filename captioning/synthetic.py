@@ -526,16 +526,12 @@ def build_tiny_blip(out_dir, tokenizer=None, image_size: int = SIZE, patch: int 
     reads text with a BERT WordPiece tokenizer ([CLS] text [SEP]) and starts captions from [DEC]: one is
     trained here on every synthetic caption (`tokenizer`, the shared GPT-2-style one, is not used)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, processors
     from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
                               BlipProcessor, BlipTextConfig, BlipVisionConfig)
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=False)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(all_captions(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
-                                                                     show_progress=False))
+    wp = word_piece(all_captions(), specials, lowercase=False)
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -562,6 +558,38 @@ def build_tiny_blip(out_dir, tokenizer=None, image_size: int = SIZE, patch: int 
 MODEL_BUILDERS["blip"] = build_tiny_blip
 
 
+def canonical_ids(data: dict) -> dict:
+    """A trained tokenizer's JSON with its vocabulary renumbered: special tokens first (in their order), then
+    every other token sorted. The `tokenizers` trainers number the alphabet in hash order, so training twice
+    on the same texts gave the same tokens under other ids, and the tiny CLIP trained on them (behind the
+    demo's CLIPScore column) came out different at every build. BPE merges name tokens, not ids."""
+    vocab, added = data["model"]["vocab"], data.get("added_tokens", [])
+    specials = [t["content"] for t in sorted(added, key=lambda t: t["id"])]
+    ids = {t: i for i, t in enumerate(specials + sorted(t for t in vocab if t not in specials))}
+    data["model"]["vocab"] = ids
+    for t in added:
+        t["id"] = ids[t["content"]]
+    return data
+
+
+def word_piece(texts, specials: list[str], lowercase: bool):
+    """A BERT-style WordPiece tokenizer (tokenizers.Tokenizer) whose vocabulary is every word of `texts`,
+    every character and every "##" character, sorted after the specials: the same ids at every build.
+    (WordPieceTrainer breaks ties between equally frequent pairs in hash order: two builds merged
+    "toma"+"to" or "tomat"+"o", so BERTScore and the BLIP run differed from build to build.) Words the
+    texts never had are spelled out in characters, as a trained vocabulary would fall back to."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    norm, pre = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    words = {w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))}
+    chars = {c for w in words for c in w}
+    vocab = specials + sorted(words | chars) + sorted(f"##{c}" for c in chars)
+    wp = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    wp.normalizer, wp.pre_tokenizer = norm, pre
+    wp.add_special_tokens(specials)
+    return wp
+
+
 def clip_tokenizer(texts, vocab_size: int = 300):
     """A CLIP tokenizer (lower case, `</w>` word ends, <|startoftext|> ... <|endoftext|>) with a BPE
     trained on `texts`."""
@@ -574,7 +602,7 @@ def clip_tokenizer(texts, vocab_size: int = 300):
     specials = ["<|startoftext|>", "<|endoftext|>"]
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                        end_of_word_suffix="</w>", show_progress=False))
-    model = json.loads(bpe.to_str())["model"]
+    model = canonical_ids(json.loads(bpe.to_str()))["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return CLIPTokenizer(vocab=model["vocab"], merges=merges, pad_token="<|endoftext|>")
 
@@ -651,16 +679,12 @@ def build_tiny_bert(out_dir, tokenizer=None, baseline_pairs: int = 400, seed: in
     `baseline_pairs` is 0): the offline stand-in for roberta-large behind BERTScore. The sizes let the
     benchmarks build real widths."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     texts = all_captions()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
-                                                                     show_progress=False))
+    wp = word_piece(texts, specials, lowercase=True)
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

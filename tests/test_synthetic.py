@@ -62,3 +62,19 @@ def test_cli_with_models(tmp_path):
     assert (tmp_path / "models" / "tokenizer" / "tokenizer.json").exists()
     bad = run_cli("-m", "captioning.synthetic", "--out", tmp_path / "x", "--n", "3")
     assert_clean_failure(bad, "at least 10")
+
+
+def test_trained_tokenizers_give_the_same_ids_at_every_build():
+    """The tokenizers library numbers a trained alphabet in hash order (and WordPiece breaks ties that way):
+    the tiny CLIP, BERT and BLIP tokenizers must not change from one build to the next, or neither do the
+    CLIPScore and BERTScore columns or the BLIP run."""
+    from captioning.synthetic import all_captions, clip_tokenizer, word_piece
+
+    texts = all_captions()
+    clips = [clip_tokenizer(texts).get_vocab() for _ in range(4)]
+    assert all(v == clips[0] for v in clips)
+    pieces = [word_piece(texts, ["[PAD]", "[UNK]"], lowercase=True) for _ in range(4)]
+    assert all(p.to_str() == pieces[0].to_str() for p in pieces)
+    wp = pieces[0]
+    assert wp.token_to_id("[PAD]") == 0 and wp.encode("Two Tomatoes on a plate").tokens == \
+        ["two", "tomatoes", "on", "a", "plate"]
