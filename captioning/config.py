@@ -172,14 +172,12 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
     for name, low in MINIMUMS.items():
         if name in kwargs and isinstance(kwargs[name], (int, float)) and kwargs[name] < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}; got {kwargs[name]}.")
-    cfg = cls(**kwargs)
-    if isinstance(cfg, TrainConfig):
-        preflight(cfg)
-    return cfg
+    return cls(**kwargs)
 
 
 def preflight(cfg) -> None:
-    """A training run's data folders and output folder checked before anything loads: a typo in
+    """A training run's data folders and output folder checked before anything loads (every training
+    script calls it right after parse_config; parsing itself checks no folder): a typo in
     --data-dir, or a finished run in --output-dir, is one sentence at once, not after minutes of loading
     a 7B model. (The same checks run again where the data and the run folder are opened.)"""
     if not cfg.dataset:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from captioning.blip import DEFAULT_BLIP, blip_recipe, load_blip, prepare
 from captioning.cache import pixel_datasets
-from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, choice, hf_token, parse_config, preflight, run_main
 from captioning.engine import train_and_evaluate
 from captioning.prefix_llm import recorded_name
 
@@ -36,6 +36,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     model, processor = load_blip(cfg.model, hf_token(cfg.hf_token))
     frozen = not (cfg.lora == "none" and cfg.train_vision)
     encoder = model.vision_model if frozen else None  # a frozen tower runs once per image (feature cache)

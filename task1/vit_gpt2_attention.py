@@ -11,7 +11,7 @@ token sees; it matters for left padding and guards against a decoder that mixes 
 """
 from dataclasses import dataclass
 
-from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, choice, hf_token, parse_config, preflight, run_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 
@@ -30,6 +30,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))
     counts = freeze(model, cfg.freeze)
     print(f"freeze={cfg.freeze}: {counts['trainable']:,} of {counts['total']:,} parameters train")

@@ -15,7 +15,7 @@ come from the feature cache, computed once per image.
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, preflight, run_main
 from captioning.distributed import gather, is_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
@@ -63,6 +63,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     if cfg.samples < 1 or (cfg.baseline == "mean" and cfg.samples < 2):
         raise UserError("--samples must be at least 1 (at least 2 with --baseline mean).")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0):

@@ -13,7 +13,7 @@ no_repeat_ngram_size 3, repetition_penalty 1.2, as in the original); pass --pres
 """
 from dataclasses import dataclass
 
-from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, preflight, run_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 from captioning.sampling import gold_targets, nucleus_pick, ramp, scheduled_sampling_loss
@@ -40,6 +40,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     if not (0 <= cfg.max_sampling <= 1 and 0 < cfg.top_p <= 1 and cfg.temperature > 0):
         raise UserError("--max-sampling must lie in [0, 1], --top-p in (0, 1] and --temperature above 0.")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))

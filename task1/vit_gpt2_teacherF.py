@@ -18,7 +18,7 @@ only some of the tokens the decoder reads come from the model.
 """
 from dataclasses import dataclass
 
-from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, UserError, choice, hf_token, parse_config, preflight, run_main
 from captioning.engine import train_and_evaluate
 from captioning.models import freeze, load_vit_gpt2, vit_gpt2_datasets, vit_gpt2_recipe
 from captioning.sampling import argmax_pick, gold_targets, ramp, scheduled_sampling_loss
@@ -44,6 +44,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     if not (0 <= cfg.teacher_forcing_ratio <= 1 and 0 <= cfg.final_ratio <= 1):
         raise UserError("--teacher-forcing-ratio and --final-ratio must lie between 0 and 1.")
     model, processor, tokenizer = load_vit_gpt2(cfg.model, hf_token(cfg.hf_token))

@@ -20,7 +20,7 @@ if _HERE not in sys.path:  # so `python task2/train.py` and demo.load_script bot
 from accelerate.utils import set_seed  # noqa: E402
 from anymodal import AnyModalCaptioner, anymodal_recipe  # noqa: E402
 from captioning.cache import encoder_fingerprint, feature_datasets  # noqa: E402
-from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main  # noqa: E402
+from captioning.config import TrainConfig, choice, hf_token, parse_config, preflight, run_main  # noqa: E402
 from captioning.engine import train_and_evaluate  # noqa: E402
 from llm import DEFAULT_LLM, add_peft, get_llm, pick_lora  # noqa: E402
 from vision import DEFAULT_VISION, Projector, load_vision, recorded_name  # noqa: E402
@@ -62,6 +62,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     set_seed(cfg.seed)  # the projector's and the adapter's initial weights: the same seed, the same run
     token = hf_token(cfg.hf_token)
     encoder, processor = load_vision(cfg.vision_model, token)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from accelerate.utils import set_seed
 
-from captioning.config import TrainConfig, choice, hf_token, parse_config, run_main
+from captioning.config import TrainConfig, choice, hf_token, parse_config, preflight, run_main
 from captioning.engine import Recipe, train_and_evaluate
 from captioning.prefix_llm import recorded_name
 from captioning.vlm import load_chat_vlm
@@ -56,6 +56,7 @@ class Config(TrainConfig):
 
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
+    preflight(cfg)  # data and output folders checked before the model loads
     token = hf_token(cfg.hf_token)
     model, processor = load_chat_vlm(cfg.model, token, cfg.dtype, device_map=None)  # accelerate places it
     datasets = chat_datasets(cfg, model, processor, cfg.question, cache=cfg.cache_vision == "yes")

@@ -228,7 +228,9 @@ def test_a_hub_model_not_in_the_cache_is_one_sentence_at_once(monkeypatch):
         check_local_or_hub(name)
 
 
-@pytest.mark.parametrize("script", ["task1/vit_gpt2_finetuned.py", "task1/blip.py", "task2/train.py",
+@pytest.mark.parametrize("script", ["task1/vit_gpt2_finetuned.py", "task1/vit_gpt2_attention.py",
+                                    "task1/vit_gpt2_teacherF.py", "task1/vit_gpt2_finetuned_nuclear.py",
+                                    "task1/vit_gpt2_finetuned_RL.py", "task1/blip.py", "task2/train.py",
                                     "task2/vlm_lora.py"])
 def test_training_scripts_check_data_and_output_folders_before_loading_a_model(script, tmp_path):
     """A typo in --data-dir, or a finished run in --output-dir, is one sentence before the model loads (a
