@@ -116,7 +116,7 @@ def measure(name: str, quick: bool, images: int, batch: int, rounds: int, log=pr
         for start in range(0, images, batch):
             b = {"prompt": prompts[start:start + batch], "caption": titles[start:start + batch]}
             if cached:
-                b["features"] = torch.stack(feats[start:start + batch])
+                b["features"] = feats[start:start + batch]
             else:
                 b["image"] = pics[start:start + batch]
             chat.loss(model, b).backward()

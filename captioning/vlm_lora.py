@@ -224,16 +224,10 @@ class ChatDataset:
         return item
 
 
-def stack_features(feats: list[torch.Tensor]):
-    """One [images, tokens, width] tensor when every image has as many tokens, else the list as it is."""
-    return torch.stack(feats) if all(f.shape == feats[0].shape for f in feats) else list(feats)
-
-
 def chat_collate(items: list[dict]) -> dict:
-    out = {k: [it[k] for it in items] for k in items[0]}
-    if "features" in out:
-        out["features"] = stack_features(out["features"])
-    return out
+    """A batch: every field as a list (features too, one [tokens, width] block per image: images may differ
+    in their number of tokens; ChatLoRA.vision_inputs stacks them for a model that wants one tensor)."""
+    return {k: [it[k] for it in items] for k in items[0]}
 
 
 def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid", "test"),
@@ -341,7 +335,7 @@ class ChatLoRA:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             m = base_model(model)
-            feats = [f.to(m.device, dtype=m.dtype) for f in batch["features"]]  # a tensor or a list (stack_features)
+            feats = [f.to(m.device, dtype=m.dtype) for f in batch["features"]]  # one block per image
             if self.as_list is None:
                 self.as_list = pooled_as_list(model, self.processor, self.question)
             pooled = feats if self.as_list else torch.stack(feats)
@@ -463,7 +457,7 @@ class ChatLoRACaptioner(Captioner):
         prompts, feats = encode_images(self.chat.model, self.chat.processor, images, self.chat.question)
         batch = {"prompt": prompts}
         if feats is not None:
-            batch["features"] = stack_features([f.to(torch.float16).float() for f in feats])  # as the cache stores them
+            batch["features"] = [f.to(torch.float16).float() for f in feats]  # as the cache stores them
         else:
             batch["image"] = images
         return [Caption(t) for t in self.chat.caption(self.chat.model, batch, preset)]
