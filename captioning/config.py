@@ -180,13 +180,10 @@ def preflight(cfg) -> None:
     script calls it right after parse_config; parsing itself checks no folder): a typo in
     --data-dir, or a finished run in --output-dir, is one sentence at once, not after minutes of loading
     a 7B model. (The same checks run again where the data and the run folder are opened.)"""
-    if not cfg.dataset:
-        data = Path(cfg.data_dir)
-        images = Path(cfg.images_dir) if cfg.images_dir else data / "images"
-        if not data.is_dir():
-            raise UserError(f"data folder {data} does not exist.")
-        if not images.is_dir():
-            raise UserError(f"images folder {images} does not exist (set --images-dir).")
+    if not cfg.dataset:  # a --dataset is laid out (maybe downloaded) where the data is read, not here
+        from .data import check_folders, data_folders
+
+        check_folders(*data_folders(cfg))
     refuse_clobber(Path(cfg.output_dir), cfg.overwrite, cfg.resume, resumable=True)
 
 

@@ -205,14 +205,19 @@ def split_csv(data_dir, split: str) -> Path:
     return Path(data_dir) / f"{split}_data.csv"
 
 
+def check_folders(data_dir: Path, images_dir: Path | None) -> None:
+    """UserError unless the data folder (and the images folder, when given) exist."""
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist.")
+    if images_dir is not None and not images_dir.is_dir():
+        raise UserError(f"images folder {images_dir} does not exist (set --images-dir).")
+
+
 def load_split(data_dir, split: str, images_dir=None, check_images: bool = True):
     """Records of one split of the layout, bad rows skipped with a counted, named warning."""
     data_dir = Path(data_dir)
     images_dir = Path(images_dir) if images_dir else data_dir / "images"
-    if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist.")
-    if check_images and not images_dir.is_dir():
-        raise UserError(f"images folder {images_dir} does not exist (set --images-dir).")
+    check_folders(data_dir, images_dir if check_images else None)
     df = read_csv(split_csv(data_dir, split))
     return clean_rows(df, images_dir, where=f"{split}: ", check_images=check_images)
 
