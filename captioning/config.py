@@ -175,15 +175,22 @@ def parse_config(cls, argv=None, doc: str | None = None, prog: str | None = None
     return cls(**kwargs)
 
 
+def check_folders(data_dir: Path, images_dir: Path | None) -> None:
+    """UserError unless the data folder (and the images folder, when given) exist (data.load_split too)."""
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist.")
+    if images_dir is not None and not images_dir.is_dir():
+        raise UserError(f"images folder {images_dir} does not exist (set --images-dir).")
+
+
 def preflight(cfg) -> None:
     """A training run's data folders and output folder checked before anything loads (every training
     script calls it right after parse_config; parsing itself checks no folder): a typo in
     --data-dir, or a finished run in --output-dir, is one sentence at once, not after minutes of loading
     a 7B model. (The same checks run again where the data and the run folder are opened.)"""
     if not cfg.dataset:  # a --dataset is laid out (maybe downloaded) where the data is read, not here
-        from .data import check_folders, data_folders
-
-        check_folders(*data_folders(cfg))
+        data = Path(cfg.data_dir)
+        check_folders(data, Path(cfg.images_dir) if cfg.images_dir else data / "images")
     refuse_clobber(Path(cfg.output_dir), cfg.overwrite, cfg.resume, resumable=True)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
-from .config import UserError, run_main
+from .config import UserError, check_folders, run_main
 from .text import normalize
 
 SPLITS = ("train", "valid", "test")
@@ -203,14 +203,6 @@ def clean_rows(df: pd.DataFrame, images_dir, where: str = "", check_images: bool
 
 def split_csv(data_dir, split: str) -> Path:
     return Path(data_dir) / f"{split}_data.csv"
-
-
-def check_folders(data_dir: Path, images_dir: Path | None) -> None:
-    """UserError unless the data folder (and the images folder, when given) exist."""
-    if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist.")
-    if images_dir is not None and not images_dir.is_dir():
-        raise UserError(f"images folder {images_dir} does not exist (set --images-dir).")
 
 
 def load_split(data_dir, split: str, images_dir=None, check_images: bool = True):
