@@ -18,7 +18,7 @@ from .cache import pixel_datasets
 from .captioner import Caption, Captioner, default_device, write_manifest
 from .config import UserError
 from .engine import Recipe, scoring_settings
-from .generation import (caption_pixels, decode, encoder_decoder_kwargs, generation_kwargs, group_alternatives,
+from .generation import (caption_pixels, decode, encoder_decoder_generate, generation_kwargs, group_alternatives,
                          top_k_kwargs)
 from .imaging import pixel_batch, pixel_normalizer, processor_size  # noqa: F401  (processor_size: old callers)
 from .loading import check_local_or_hub, load_error, load_errors
@@ -124,8 +124,8 @@ def vit_gpt2_recipe(model, processor, tokenizer, cfg, decoder_mask: bool = False
 
     def caption(model, batch, preset):
         if "features" in batch:
-            out = model.generate(**encoder_inputs(batch),
-                                 **encoder_decoder_kwargs(generation_kwargs(preset, cfg.max_new_tokens)))
+            out = encoder_decoder_generate(model, generation_kwargs(preset, cfg.max_new_tokens),
+                                           hidden=batch["features"].float())
             return decode(tokenizer, out)
         return caption_pixels(model, pixel_values(batch), tokenizer, preset, cfg.max_new_tokens)
 
@@ -215,10 +215,9 @@ class VisionEncoderDecoderCaptioner(Captioner):
         self.model.eval()
         hidden = self.encoder_outputs(images)
 
-        def generate(**kwargs):  # a fresh encoder_outputs per call: generate expands it in place for beams
+        def generate(**kwargs):
             with self.autocast(self.model.device):
-                return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                           **encoder_decoder_kwargs(kwargs))
+                return encoder_decoder_generate(self.model, kwargs, hidden=hidden)
 
         titles = decode(self.tokenizer, generate(**generation_kwargs(preset, max_new)))
         alternatives = [[] for _ in titles]

@@ -216,34 +216,71 @@ def test_a_quick_bench_may_take_an_argument_named_quick(tmp_path, monkeypatch):
     assert bench_run._call("fake_bench", False, quick=True, n=3) == {"quick": False, "n": 1}
 
 
-def test_beam_search_leaves_the_cross_attention_cache_in_place(synth):
-    """Beams of one image share their cross-attention keys/values: beam search reorders only the self-attention
-    cache (transformers copied the whole cross-attention cache at every token), with the same titles and scores."""
-    from transformers import VisionEncoderDecoderModel
+def _projection_rows(model) -> list[int]:
+    """Watch the decoder's cross-attention key/value projections: the rows each call projects."""
+    rows = []
+    for block in model.decoder.transformer.h:
+        block.crossattention.c_attn.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0] *
+                                                                                           args[0].shape[1]))
+    return rows
 
-    from captioning.generation import _beam_cache_class, encoder_decoder_kwargs, generation_kwargs, top_k_kwargs
 
-    model = VisionEncoderDecoderModel.from_pretrained(synth / "models" / "vit-gpt2").eval()
-    pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    cls, calls = _beam_cache_class(), []
+@pytest.mark.parametrize("widths", [(32, 32), (48, 32)], ids=["same-width", "projected"])
+def test_beam_search_shares_each_images_cross_attention(widths, tmp_path):
+    """A beam search projects each image's cross-attention keys/values once, not once per beam, and attends
+    every beam to that one copy; beam search reorders only the self-attention cache. Titles and scores
+    equal transformers' own beam search (which repeats the encoder output per beam); training afterwards
+    computes the same loss, and a saved config does not record the attention it switched to."""
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    from captioning.generation import (SHARED_BEAMS, _beam_cache_class, encoder_decoder_generate, generation_kwargs,
+                                       top_k_kwargs)
+
+    torch.manual_seed(0)
+    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=widths[0], num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64)
+    dec = GPT2Config(vocab_size=40, n_positions=32, n_embd=widths[1], n_layer=2, n_head=2, add_cross_attention=True,
+                     bos_token_id=0, eos_token_id=1, pad_token_id=1, decoder_start_token_id=0)
+    model = VisionEncoderDecoderModel(VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)).eval()
+    model.config.decoder_start_token_id, model.config.pad_token_id = 0, 1
+    model.generation_config.update(decoder_start_token_id=0, pad_token_id=1, eos_token_id=1)
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(2, 40, (5, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(labels)
+    mask[:2, 4:] = 0
+    with torch.no_grad():
+        loss_before = model(pixel_values=pixels, labels=labels, decoder_attention_mask=mask).loss
+    assert model.decoder.config._attn_implementation == "sdpa"
+
+    cls, reorders = _beam_cache_class(), []
     real = cls.reorder_cache
 
     def watched(self, beam_idx):
         cross = [layer.keys for layer in self.cross_attention_cache.layers]
         real(self, beam_idx)
-        calls.append(all(a is b for a, b in zip(cross, [layer.keys for layer in self.cross_attention_cache.layers])))
+        reorders.append(all(a is b for a, b in zip(cross, [layer.keys for layer in self.cross_attention_cache.layers])))
 
+    rows = _projection_rows(model)
     cls.reorder_cache = watched
     try:
         with torch.no_grad():
-            for kwargs in (generation_kwargs("beam", 12), {**top_k_kwargs(3), "max_new_tokens": 12}):
-                plain = model.generate(pixel_values=pixels, **kwargs)
-                ours = model.generate(pixel_values=pixels, **encoder_decoder_kwargs(kwargs))
+            for kwargs, beams in ((generation_kwargs("beam", 12), 4), ({**top_k_kwargs(3), "max_new_tokens": 12}, 3)):
+                rows.clear()
+                ours = encoder_decoder_generate(model, kwargs, pixel_values=pixels)
+                assert rows == [5 * 17] * 2  # per layer, one projection of 5 images x 17 tokens (16 patches + CLS)
+                assert model.decoder.config._attn_implementation == SHARED_BEAMS
+                plain = model.generate(pixel_values=pixels, **kwargs)  # transformers' own: every beam projected
+                assert rows[2:] == [5 * beams * 17] * 2
                 if isinstance(plain, torch.Tensor):
                     assert torch.equal(plain, ours)
                 else:
                     assert torch.equal(plain.sequences, ours.sequences)
-                    assert torch.allclose(plain.sequences_scores, ours.sequences_scores)
+                    assert torch.allclose(plain.sequences_scores, ours.sequences_scores, atol=1e-5)
     finally:
         cls.reorder_cache = real
-    assert calls and all(calls)
+    assert reorders and all(reorders)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=pixels, labels=labels, decoder_attention_mask=mask).loss, loss_before)
+    model.save_pretrained(tmp_path / "saved")
+    assert SHARED_BEAMS not in (tmp_path / "saved" / "config.json").read_text()
+
