@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from .config import UserError
+from .config import UserError, keep_freed_memory
 
 MANIFEST = "captioner.json"
 FORMAT = 1  # raise when a manifest's meaning changes; older formats stay readable
@@ -263,6 +263,7 @@ def load_captioner(path_or_id, token: str | None = None, device=None) -> Caption
     """The captioner behind anything this project writes or uses: a run folder, its best/, a task2
     run, a VisionEncoderDecoder or chat-VLM hub id or folder (see the module docstring)."""
     family, source, settings = resolve(str(path_or_id), token)
+    keep_freed_memory()  # batched captioning allocates and frees tens of MB per token: no page faults
     captioner = family_class(family).load(source, token=token, device=device, settings=settings)
     if Path(str(path_or_id)).exists():
         captioner.name = display_name(path_or_id)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .card import write_card
-from .config import RUN_FILES, UserError, refuse_clobber, to_dict
+from .config import RUN_FILES, UserError, keep_freed_memory, refuse_clobber, to_dict
 from .data import collate
 from .loading import load_errors
 from .metrics import caption_spread, collapse_warning, evaluate_captions
@@ -209,6 +209,7 @@ def make_accelerator(cfg, project_dir=None):
         # training went on. Flushing them to zero changes nothing a result depends on (eps is 1e-8).
         # GPUs flush in their own kernels; this is the process's CPU setting, left on afterwards.
         torch.set_flush_denormal(True)
+        keep_freed_memory()  # a bench_train step at ViT-B widths: 1.13 -> 0.95 s (250,000 page faults a step)
     return accelerator
 
 
