@@ -213,12 +213,13 @@ def original_epoch(vit: Path, llama: Path, data: Path, size: Size) -> dict:
 
 # ------------------------------------------------------------------------------------- run
 def run(size: Size | None = None, quick: bool = False, fp32_row: bool = True, log=print) -> dict:
-    from bench_train import make_photos, native_bf16
+    from bench_train import make_photos, native_bf16, same_cpu_settings
     from captioning.config import quiet_libraries
     from captioning.synthetic import build_tiny_llama, build_tiny_vit
 
     size = size or (QUICK if quick else Size())
     quiet_libraries()
+    same_cpu_settings()
     precision = "bf16" if native_bf16() else "no"
     res: dict = {"size": asdict(size), "precision": precision}
     with tempfile.TemporaryDirectory(prefix="bench-task2-") as tmp:

@@ -147,6 +147,9 @@ def describe(s: dict) -> str:
 
 
 def run(quick: bool = False, images: int = 8, batch: int = 4, rounds: int = 3, log=print) -> dict:
+    from bench_train import same_cpu_settings
+
+    same_cpu_settings()  # both sides alike, whichever runs first
     if quick:
         images, batch, rounds = 4, 2, 1
     out = {name: measure(name, quick, images, batch, rounds, log) for name in CASES}
