@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -73,6 +74,7 @@ def quiet_libraries() -> None:
         pass
 
 
+@functools.cache  # a process setting: once is enough, however many models load
 def keep_freed_memory() -> bool:
     """Let this process reuse the memory it frees instead of handing it back to the system; True if set.
 

@@ -36,7 +36,6 @@ from .loading import load_errors
 from .metrics import caption_spread, collapse_warning, evaluate_captions
 
 
-
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:

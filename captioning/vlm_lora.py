@@ -256,10 +256,10 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
             _skipped(split, info["failed"])
             continue
         kept, prompts, failed, batch, spans = [], [], [], [], []
-        arr, sink, tmp = None, None, data.with_name(data.name + f".tmp{os.getpid()}")
+        arr, sink, width, tmp = None, None, 0, data.with_name(data.name + f".tmp{os.getpid()}")
 
         def flush():
-            nonlocal sink
+            nonlocal sink, width
             if batch:
                 p, f = encode_images(model, processor, [im for _, im in batch], question)
                 if cache and f is not None:  # written as they come: a 7B's features do not fit in memory
@@ -267,6 +267,7 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
                     for x in f:
                         start = spans[-1][0] + spans[-1][1] if spans else 0
                         spans.append((start, x.shape[0]))
+                        width = x.shape[1]
                         sink.write(x.float().cpu().numpy().astype(np.float16).tobytes())
                 kept.extend(i for i, _ in batch)
                 prompts.extend(p)
@@ -287,7 +288,6 @@ def chat_datasets(cfg, model, processor, question: str, splits=("train", "valid"
             sink.close()
             os.replace(tmp, data)
             tokens = spans[-1][0] + spans[-1][1]
-            width = data.stat().st_size // 2 // tokens  # float16: 2 bytes a value
             tmp = meta.with_name(meta.name + f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({"kept": kept, "prompts": prompts, "failed": failed, "spans": spans,
                                        "tokens": tokens, "width": width}))
