@@ -99,8 +99,9 @@ def _check_file(path: Path) -> Item:
     return Item(path)
 
 
-def find_images(paths: list[str], recursive: bool = False):
-    """Items for every file the arguments name: files, folders and globs, each file once, in order."""
+def find_images(paths: list[str], recursive: bool = False, leave_out=None):
+    """Items for every file the arguments name: files, folders and globs, each file once, in order;
+    `leave_out(realpath)` true drops a file without a word (the command's own output)."""
     seen = set()
     for arg in paths:
         p = Path(arg).expanduser()
@@ -118,7 +119,7 @@ def find_images(paths: list[str], recursive: bool = False):
             found = [Item(p, "no such file or folder")]
         for item in found:
             key = os.path.realpath(item.path)
-            if key not in seen:
+            if key not in seen and not (leave_out and leave_out(key)):
                 seen.add(key)
                 yield item
 
@@ -238,6 +239,14 @@ def caption_paths(captioners, paths, recursive=False, batch_size=32, preset=None
     header = ["path"] + names + ([f"{n} top-{top_k}" for n in names] if top_k else [])
     if out is not None and any(os.path.realpath(out) == os.path.realpath(p) for p in paths):
         raise UserError(f"--out {out} is one of the inputs; choose another file.")
+    # --out inside a captioned folder: neither it nor its temporary file (CsvOut's .NAME.tmpPID, left out by
+    # its pattern so that every process deals the same files) is taken for a photo
+    own = os.path.realpath(out) if out is not None else None
+    own_tmp = os.path.join(os.path.dirname(own), f".{os.path.basename(own)}.tmp") if own else None
+
+    def ours(path: str) -> bool:
+        return own is not None and (path == own or path.startswith(own_tmp))
+
     if distributed.launched():
         distributed.state()  # join the other processes (gloo on a machine without a GPU)
     rank, world = distributed.rank_and_world()
@@ -266,14 +275,14 @@ def caption_paths(captioners, paths, recursive=False, batch_size=32, preset=None
                file=sys.stderr)
     try:
         if world == 1:
-            for batch in batches(find_images(paths, recursive), batch_size, heic,
+            for batch in batches(find_images(paths, recursive, ours), batch_size, heic,
                                  lambda item, why: on_skip(str(item.path), why)):
                 for row in caption_batch(captioners, batch, preset, top_k, max_new_tokens):
                     on_titles(*row)
                 bar.update(len(batch))
                 del batch  # only one batch of decoded images is ever held
         else:
-            files = find_images(paths, recursive)
+            files = find_images(paths, recursive, ours)
             while True:
                 deal = list(islice(files, batch_size * world))  # one round: a run of batch_size files each
                 events = []  # this process's skips and titles, in file order

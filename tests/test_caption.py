@@ -209,6 +209,25 @@ def test_a_large_folder_streams_one_batch_at_a_time(tmp_path, monkeypatch):
     assert result["captioned"] == counter.seen == 600 and counter.peak <= 8 + 1, counter.peak
 
 
+def test_titles_written_into_the_captioned_folder_are_not_taken_for_photos(tmp_path, capsys):
+    """--out inside the folder being captioned: neither the CSV (on a second run, with --overwrite) nor its
+    temporary file while it is written is listed, or named as a skipped file."""
+    import captioning.caption as cc
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (200, 80, 20 * i)).save(folder / f"{i}.png")
+    out = folder / "titles.csv"
+    for overwrite in (False, True):
+        result = cc.caption_paths([Counting()], [str(folder)], batch_size=2, out=str(out), overwrite=overwrite,
+                                  echo=lambda s: None, progress=False)
+        assert result["captioned"] == 3 and result["skipped"] == [], result["skipped"]
+        assert "skipped" not in capsys.readouterr().err
+        assert len(pd.read_csv(out)) == 3 and sorted(p.name for p in folder.iterdir()) == \
+            ["0.png", "1.png", "2.png", "titles.csv"]
+
+
 def test_every_best_folder_has_a_model_card_that_works(runs, synth):
     from huggingface_hub import ModelCard
 
